@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Quick start, step 2: lint, format check, and the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+# Signing keys made by tests go to a throwaway folder, never the user's config.
+export FACEFUSE_CONFIG_DIR="${FACEFUSE_CONFIG_DIR:-$(mktemp -d)}"
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,5 @@
+import sys
+
+from facefuse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""68-point landmarks (dlib's regression-tree shape predictor, ~1 ms a face) and what follows from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+
+from facefuse.analysis.face import Pose
+from facefuse.geometry import ARCFACE_112, five_from_68, similarity
+
+
+class ShapePredictor68:
+    def __init__(self, model_path: Path) -> None:
+        self._predictor = dlib.shape_predictor(str(model_path))
+
+    def __call__(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+        shape = self._predictor(image, dlib.rectangle(x0, y0, x1, y1))
+        return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+
+
+# A generic head (mm) for the six points solvePnP needs, with y down and z away from the camera so a
+# frontal face comes out with zero angles: nose tip, chin, outer eye corners, mouth corners.
+_HEAD_3D = np.array(
+    [(0, 0, 0), (0, 330, 65), (-225, -170, 135), (225, -170, 135), (-150, 150, 125), (150, 150, 125)],
+    np.float64,
+)
+_HEAD_IDX = [30, 8, 36, 45, 48, 54]
+
+
+def head_pose(points: np.ndarray, image_shape: tuple[int, ...]) -> Pose:
+    """Yaw, pitch and roll (degrees) from a perspective fit of a generic head to six landmarks."""
+    h, w = image_shape[:2]
+    focal = float(max(h, w))
+    camera = np.array([[focal, 0, w / 2], [0, focal, h / 2], [0, 0, 1]], np.float64)
+    image_pts = np.asarray(points, np.float64)[_HEAD_IDX]
+    ok, rvec, _ = cv2.solvePnP(_HEAD_3D, image_pts, camera, None, flags=cv2.SOLVEPNP_ITERATIVE)
+    if not ok:
+        return Pose(0.0, 0.0, _roll(points))
+    rot, _ = cv2.Rodrigues(rvec)
+    angles = cv2.RQDecomp3x3(rot)[0]
+    pitch, yaw = (float((a + 180) % 360 - 180) for a in angles[:2])
+    return Pose(yaw=float(np.clip(yaw, -90, 90)), pitch=float(np.clip(pitch, -90, 90)), roll=_roll(points))
+
+
+def _roll(points: np.ndarray) -> float:
+    d = np.asarray(points)[45] - np.asarray(points)[36]
+    return float(np.degrees(np.arctan2(d[1], d[0])))
+
+
+def sharpness(image: np.ndarray, points: np.ndarray) -> float:
+    """Fine-detail energy of the face at a fixed 128 px size, relative to its contrast.
+
+    Measuring at a common size makes an upscaled small face score low and a large sharp one high,
+    which is what choosing the best source face needs.
+    """
+    m = similarity(five_from_68(points), ARCFACE_112 * (128 / 112))
+    crop = cv2.warpAffine(image, m, (128, 128), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    g = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float32)[16:112, 16:112]
+    fine = np.abs(g - cv2.GaussianBlur(g, (0, 0), 1.0)).mean()
+    return float(100.0 * fine / (g.std() + 1.0))

@@ -1,0 +1,87 @@
+"""Errors a user can cause, each with its own documented exit code.
+
+The CLI prints `str(error)` as one line and exits with `error.exit_code`; library users catch
+`FacefuseError` (or a subclass) and never see a bare OpenCV or Pillow exception for bad input.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL = 1  # a bug: please report it
+    USAGE = 2  # bad command line (argparse's own code)
+    INPUT_MISSING = 3  # file missing or unreadable
+    INPUT_INVALID = 4  # not an image we can decode, or truncated/corrupt
+    TOO_MANY_PIXELS = 5  # larger than --max-pixels (decompression-bomb guard)
+    NO_SOURCE_FACE = 6
+    NO_TARGET_FACE = 7
+    OUTPUT_IS_INPUT = 8
+    OUTPUT_DIR_MISSING = 9
+    OUTPUT_WRITE_FAILED = 10
+    NO_MATCH = 11  # reference/--map given but no target face matched
+    INTERRUPTED = 130
+
+
+EXIT_CODE_HELP = {
+    ExitCode.OK: "success",
+    ExitCode.INTERNAL: "internal error (a bug; run with --debug and report it)",
+    ExitCode.USAGE: "bad command line",
+    ExitCode.INPUT_MISSING: "an input file is missing or unreadable",
+    ExitCode.INPUT_INVALID: "an input is not a supported image, or it is truncated or corrupt",
+    ExitCode.TOO_MANY_PIXELS: "an input has more pixels than --max-pixels",
+    ExitCode.NO_SOURCE_FACE: "no face found in a source image",
+    ExitCode.NO_TARGET_FACE: "no face found in the target",
+    ExitCode.OUTPUT_IS_INPUT: "the output path is one of the inputs",
+    ExitCode.OUTPUT_DIR_MISSING: "the output folder does not exist",
+    ExitCode.OUTPUT_WRITE_FAILED: "the output could not be written",
+    ExitCode.NO_MATCH: "no target face matched the reference face(s)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); nothing was written",
+}
+
+
+class FacefuseError(Exception):
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class InputMissing(FacefuseError):
+    exit_code = ExitCode.INPUT_MISSING
+
+
+class InputInvalid(FacefuseError):
+    exit_code = ExitCode.INPUT_INVALID
+
+
+class TooManyPixels(FacefuseError):
+    exit_code = ExitCode.TOO_MANY_PIXELS
+
+
+class NoSourceFace(FacefuseError):
+    exit_code = ExitCode.NO_SOURCE_FACE
+
+
+class NoTargetFace(FacefuseError):
+    exit_code = ExitCode.NO_TARGET_FACE
+
+
+class OutputIsInput(FacefuseError):
+    exit_code = ExitCode.OUTPUT_IS_INPUT
+
+
+class OutputDirMissing(FacefuseError):
+    exit_code = ExitCode.OUTPUT_DIR_MISSING
+
+
+class OutputWriteFailed(FacefuseError):
+    exit_code = ExitCode.OUTPUT_WRITE_FAILED
+
+
+class NoMatch(FacefuseError):
+    exit_code = ExitCode.NO_MATCH

@@ -1,0 +1,139 @@
+"""Landmark conventions and the geometry every room shares: alignment, warping, pasting back.
+
+Points are float32 (N, 2) arrays in pixel coordinates (x, y) of the image they came from.
+Transforms are OpenCV 2x3 affine matrices mapping image -> crop unless a name says otherwise.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# dlib / iBUG 300-W 68-point layout.
+JAW = slice(0, 17)
+BROWS = slice(17, 27)
+NOSE = slice(27, 36)
+LEFT_EYE = slice(36, 42)  # the eye on the image's left
+RIGHT_EYE = slice(42, 48)
+OUTER_LIPS = slice(48, 60)
+INNER_LIPS = slice(60, 68)
+
+# Index of each point's mirror image across the face's vertical axis.
+MIRROR_68 = np.array(
+    [16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17]
+    + [27, 28, 29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
+    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]
+)
+
+# A symmetric mean 68-point face: the Procrustes mean of 21 dlib fits on real portraits, mirrored and
+# averaged, in units of the outer-eye-corner distance with the eye midpoint at the origin. It fixes the
+# mesh topology (one triangulation for every face) and is the reference for frontality.
+TEMPLATE_68 = np.array(
+    [
+        (-0.824, 0.070), (-0.816, 0.285), (-0.796, 0.504), (-0.757, 0.720),
+        (-0.680, 0.923), (-0.554, 1.102), (-0.396, 1.256), (-0.215, 1.378),
+        (0.000, 1.412), (0.215, 1.378), (0.396, 1.256), (0.554, 1.102),
+        (0.680, 0.923), (0.757, 0.720), (0.796, 0.504), (0.816, 0.285),
+        (0.824, 0.070), (-0.665, -0.090), (-0.572, -0.202), (-0.428, -0.249),
+        (-0.270, -0.243), (-0.121, -0.195), (0.121, -0.195), (0.270, -0.243),
+        (0.428, -0.249), (0.572, -0.202), (0.665, -0.090), (0.000, -0.046),
+        (0.000, 0.092), (0.000, 0.232), (0.000, 0.377), (-0.190, 0.474),
+        (-0.098, 0.501), (0.000, 0.528), (0.098, 0.501), (0.190, 0.474),
+        (-0.499, 0.000), (-0.411, -0.054), (-0.311, -0.060), (-0.217, 0.003),
+        (-0.313, 0.017), (-0.412, 0.021), (0.217, 0.003), (0.311, -0.060),
+        (0.411, -0.054), (0.499, 0.000), (0.412, 0.021), (0.313, 0.017),
+        (-0.369, 0.756), (-0.240, 0.699), (-0.103, 0.676), (0.000, 0.698),
+        (0.103, 0.676), (0.240, 0.699), (0.369, 0.756), (0.243, 0.881),
+        (0.109, 0.936), (0.000, 0.948), (-0.109, 0.936), (-0.243, 0.881),
+        (-0.324, 0.762), (-0.103, 0.736), (0.000, 0.750), (0.103, 0.736),
+        (0.324, 0.762), (0.106, 0.831), (0.000, 0.846), (-0.106, 0.831),
+    ],
+    dtype=np.float32,
+)  # fmt: skip
+
+# ArcFace / InsightFace 5-point template for a 112x112 crop (eyes, nose tip, mouth corners), the
+# alignment every learned model in the zoo expects.
+ARCFACE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
+
+
+def five_from_68(points: np.ndarray) -> np.ndarray:
+    """Eye centres, nose tip and mouth corners, in the InsightFace order (image-left first)."""
+    p = np.asarray(points, np.float32)
+    return np.stack(
+        [p[LEFT_EYE].mean(0), p[RIGHT_EYE].mean(0), p[30], p[48], p[54]],
+    ).astype(np.float32)
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares rotation + uniform scale + translation mapping src points onto dst (2x3)."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    # Umeyama: the optimal rotation comes from the SVD of the cross-covariance.
+    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
+    sign = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[-1] = -1
+    rot = u @ np.diag(sign) @ vt
+    scale = (sig * sign).sum() / max((s**2).sum() / len(src), 1e-12)
+    m = np.empty((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = mu_d - m[:, :2] @ mu_s
+    return m.astype(np.float32)
+
+
+def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    p = np.asarray(points, np.float32)
+    return (p @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+
+
+def invert(matrix: np.ndarray) -> np.ndarray:
+    return cv2.invertAffineTransform(np.asarray(matrix, np.float32))
+
+
+def arcface_matrix(five: np.ndarray, size: int = 112) -> np.ndarray:
+    """The image -> crop transform that puts a face's 5 points on the ArcFace template at `size`."""
+    return similarity(five, ARCFACE_112 * (size / 112.0))
+
+
+def align_crop(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """Cut an aligned square crop; pixels outside the image repeat its border, so edges stay clean."""
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+
+
+def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Blend an aligned crop back into the frame through a float mask given in crop coordinates.
+
+    Only the bounding box of the mask's footprint is touched; every pixel where the warped mask is 0
+    keeps the frame's exact value.
+    """
+    h, w = frame.shape[:2]
+    size = crop.shape[1], crop.shape[0]
+    corners = np.array([[0, 0], [size[0], 0], [0, size[1]], [size[0], size[1]]], np.float32)
+    inv = invert(matrix)
+    box = transform_points(corners, inv)
+    x0, y0 = np.floor(box.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(box.max(0)).astype(int) + 1
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if x1 <= x0 or y1 <= y0:
+        return frame
+    local = inv.copy()
+    local[:, 2] -= (x0, y0)
+    region = (slice(y0, y1), slice(x0, x1))
+    warped = cv2.warpAffine(crop, local, (x1 - x0, y1 - y0), flags=cv2.INTER_CUBIC, borderValue=0)
+    alpha = cv2.warpAffine(mask.astype(np.float32), local, (x1 - x0, y1 - y0), borderValue=0)
+    out = frame.copy()
+    out[region] = blend(frame[region], warped, alpha)
+    return out
+
+
+def blend(base: np.ndarray, top: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint8 alpha blend that leaves `base` bit-identical wherever alpha is 0."""
+    a = np.clip(alpha, 0.0, 1.0)[..., None]
+    mixed = base.astype(np.float32) * (1.0 - a) + top.astype(np.float32) * a
+    mixed = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+    return np.where(a > 0, mixed, base)

@@ -1,0 +1,40 @@
+"""Landmark-polygon masks and soft edges."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from facefuse.geometry import INNER_LIPS
+
+
+def fill_polygon(shape: tuple[int, int], polygon: np.ndarray, value: int = 1) -> np.ndarray:
+    """A uint8 mask with `polygon` filled; sub-pixel vertices keep small faces accurate."""
+    mask = np.zeros(shape, np.uint8)
+    shift = 4
+    pts = np.round(np.asarray(polygon, np.float64) * (1 << shift)).astype(np.int32)
+    cv2.fillPoly(mask, [pts], value, lineType=cv2.LINE_AA if value == 255 else cv2.LINE_8, shift=shift)
+    return mask
+
+
+def smooth_ramp(x: np.ndarray) -> np.ndarray:
+    """Smoothstep on [0, 1]: a ramp whose slope is zero at both ends, so no edge shows where it starts."""
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def feather(binary: np.ndarray, width: float) -> np.ndarray:
+    """0 outside and on the edge of `binary`, rising smoothly to 1 at `width` px inside it."""
+    if width <= 0:
+        return binary.astype(np.float32)
+    inside = cv2.distanceTransform((binary > 0).astype(np.uint8), cv2.DIST_L2, 5)
+    return smooth_ramp(inside / float(width)).astype(np.float32)
+
+
+def mouth_interior(shape: tuple[int, int], points_68: np.ndarray, grow: float) -> np.ndarray:
+    """The inner-lip polygon (teeth, tongue, or nothing when closed), grown by `grow` px; uint8."""
+    mask = fill_polygon(shape, points_68[INNER_LIPS])
+    r = int(np.ceil(grow))
+    if r > 0:
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    return mask

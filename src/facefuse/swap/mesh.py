@@ -1,0 +1,252 @@
+"""The built-in swapper: a landmark mesh warps the source face onto the target's geometry.
+
+Why each step is there:
+- One fixed triangulation (of the template face) for every face, so triangles correspond between
+  source and target, and a triangle whose winding flips on the target is one turned away from the
+  camera: it is hidden rather than stretched, so profiles fall back to the target instead of tearing.
+- The swapped region stops a little above the brows: above them the source's hair would be dragged in.
+- The inner-lip polygon is always the target's: an open target mouth keeps its teeth and tongue, and a
+  closed one can never show the source's.
+- The target's light and colour cast replace the source's at low spatial frequency only (a gain
+  between two masked blurs), so the source's features and fine detail stay sharp.
+- The mask is feathered inwards from the region edge with a smoothstep, so there is no seam, and every
+  pixel outside the region is left bit-identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy.spatial import Delaunay
+
+from facefuse.analysis.face import Face
+from facefuse.geometry import (
+    BROWS,
+    JAW,
+    LEFT_EYE,
+    RIGHT_EYE,
+    TEMPLATE_68,
+    blend,
+    similarity,
+    transform_points,
+)
+from facefuse.masks import feather, fill_polygon, mouth_interior
+from facefuse.swap.base import SourceFace
+
+BROW_IDX = np.arange(17, 27)
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    forehead: float = 0.25  # how far above the brows the swap reaches, in eye distances
+    feather: float = 0.16  # width of the soft edge, in eye distances
+    tone_sigma: float = 0.15  # scale of the lighting taken from the target, in eye distances
+    mouth_grow: float = 0.03  # margin kept around the target's inner mouth, in eye distances
+    mouth_feather: float = 0.03
+    # How far the source's own brow layout is kept (0..1). Brows carry much of a face's identity and
+    # little of its pose or expression, so moving them costs the target almost nothing.
+    brows: float = 0.6
+    eyes: float = 0.0  # the same for the eyes; dearer in pose and gaze
+    edge_tone_sigma: float = 0.05  # near the region edge the tone follows the target more closely
+    detail: float = 1.0  # how fully the target's fine-detail level is matched (0 keeps the source's)
+
+
+def _up(points_68: np.ndarray) -> np.ndarray:
+    """The face's own up direction, one eye distance long (template units are eye distances)."""
+    m = similarity(TEMPLATE_68, points_68)
+    return m[:, :2] @ np.array([0.0, -1.0], np.float32)
+
+
+def mesh_points(points_68: np.ndarray, forehead: float) -> np.ndarray:
+    """The 68 landmarks plus one point above each brow point, along the face's own up direction."""
+    extra = points_68[BROW_IDX] + forehead * _up(points_68)
+    return np.vstack([points_68, extra]).astype(np.float32)
+
+
+def _template_mesh(forehead: float) -> tuple[np.ndarray, np.ndarray]:
+    pts = mesh_points(TEMPLATE_68, forehead)
+    tri = Delaunay(pts.astype(np.float64)).simplices.astype(np.int32)
+    return tri, _signed_areas(pts, tri)
+
+
+def _signed_areas(points: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    a, b, c = points[tri[:, 0]], points[tri[:, 1]], points[tri[:, 2]]
+    return 0.5 * ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1]))
+
+
+def _triangle_affines(dst: np.ndarray, src: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """(n, 2, 3) affines taking each destination triangle onto its source triangle."""
+    d = np.concatenate([dst[tri], np.ones((len(tri), 3, 1), np.float64)], axis=2)  # (n, 3, 3)
+    s = src[tri].astype(np.float64)  # (n, 3, 2)
+    # Solve d @ X = s for X (3x2) per triangle; a degenerate triangle gets a least-squares answer.
+    x = np.linalg.solve(d + np.eye(3) * 1e-9, s)
+    return np.transpose(x, (0, 2, 1)).astype(np.float32)
+
+
+class MeshSwapper:
+    name = "mesh"
+    # A composite of real captures placed by trained landmark models: not generated pixels, but synthetic.
+    digital_source_type = "compositeSynthetic"
+
+    def __init__(self, settings: MeshSettings | None = None) -> None:
+        self.settings = settings or MeshSettings()
+        self.triangles, self._template_area = _template_mesh(self.settings.forehead)
+
+    def prepare(self, image: np.ndarray, face: Face) -> SourceFace:
+        """Keep only the source's face neighbourhood; the rest of its image is never read again."""
+        pts = mesh_points(face.landmarks_68, self.settings.forehead)
+        margin = 0.25 * face.eye_distance + 4
+        x0, y0 = np.maximum(np.floor(pts.min(0) - margin), 0).astype(int)
+        x1, y1 = np.ceil(pts.max(0) + margin).astype(int)
+        crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+        return SourceFace(face=face, image=crop, origin=np.array([x0, y0], np.float32))
+
+    def swap(self, frame: np.ndarray, target: Face, source: SourceFace) -> np.ndarray:
+        st = self.settings
+        iod = max(target.eye_distance, 1.0)
+        tgt_pts = mesh_points(_reshaped(target.landmarks_68, source.face.landmarks_68, st), st.forehead)
+        # The region's top follows whichever brows sit higher, the target's own or the moved ones,
+        # so no part of the target's brows is left under the soft edge to show as a second pair.
+        own_top = mesh_points(target.landmarks_68, st.forehead)[68:]
+        up = _up(target.landmarks_68)
+        higher = (own_top - tgt_pts[68:]) @ up > 0
+        tgt_pts[68:][higher] = own_top[higher]
+        src_pts = mesh_points(source.face.landmarks_68, st.forehead) - source.origin
+
+        outline = np.vstack([tgt_pts[JAW], tgt_pts[68:][::-1]])
+        h, w = frame.shape[:2]
+        x0, y0 = np.maximum(np.floor(outline.min(0)) - 2, 0).astype(int)
+        x1, y1 = np.minimum(np.ceil(outline.max(0)) + 3, [w, h]).astype(int)
+        if x1 - x0 < 4 or y1 - y0 < 4:
+            return frame
+        local = tgt_pts - (x0, y0)
+        shape = (y1 - y0, x1 - x0)
+
+        visible = self._visible(local, src_pts)
+        index = np.full(shape, -1, np.int32)
+        tri = self.triangles
+        for i in np.flatnonzero(visible):
+            cv2.fillConvexPoly(index, np.round(local[tri[i]]).astype(np.int32), int(i))
+
+        src_img, scale = _matched_scale(source.image, source.face.eye_distance, iod)
+        affines = _triangle_affines(local, src_pts * scale, tri)
+        warped = _piecewise_warp(src_img, index, affines)
+
+        region = fill_polygon(shape, outline - (x0, y0)) & (index >= 0)
+        hole = mouth_interior(shape, target.landmarks_68 - (x0, y0), st.mouth_grow * iod)
+        alpha = feather(region, st.feather * iod) * feather(1 - hole, st.mouth_feather * iod)
+
+        target_crop = frame[y0:y1, x0:x1]
+        weight = (region & (1 - hole)).astype(np.float32)
+        toned = _match_tone(warped, target_crop, weight, st.tone_sigma * iod)
+        if st.edge_tone_sigma > 0:
+            # Towards the edge, follow the target's tone ever more closely: the blend then crosses
+            # almost no difference, which is what keeps the rim invisible (as Poisson blending would).
+            edge = _match_tone(warped, target_crop, weight, st.edge_tone_sigma * iod)
+            core = feather(region, 2.0 * st.feather * iod)[..., None]
+            toned = edge + core * (toned - edge)
+        if st.detail > 0:
+            toned = _match_detail(toned, target_crop, weight, iod / 60.0, st.detail)
+
+        out = frame.copy()
+        out[y0:y1, x0:x1] = blend(target_crop, toned, alpha)
+        return out
+
+    def _visible(self, tgt: np.ndarray, src: np.ndarray) -> np.ndarray:
+        """Triangles facing the camera in both faces (same winding as the template, not collapsed)."""
+        sign = np.sign(self._template_area)
+        t_area = _signed_areas(tgt, self.triangles) * sign
+        s_area = _signed_areas(src, self.triangles) * sign
+        return (t_area > 0.5) & (s_area > 0.0)
+
+
+def mouth_open(points_68: np.ndarray) -> bool:
+    """Lips apart by more than a tenth of the mouth's width: there is an interior to keep."""
+    gap = np.linalg.norm(points_68[66] - points_68[62])
+    return bool(gap > 0.1 * np.linalg.norm(points_68[64] - points_68[60]))
+
+
+def _reshaped(target: np.ndarray, source: np.ndarray, st: MeshSettings) -> np.ndarray:
+    """Move the target's brows (and optionally eyes) part of the way to where the source has them.
+
+    The jaw line stays the target's (it is the edge of the blend), and so does the mouth, whose lips
+    must still frame the target's own teeth.
+    """
+    amount = np.zeros((68, 1), np.float32)
+    amount[BROWS] = st.brows
+    amount[LEFT_EYE] = amount[RIGHT_EYE] = st.eyes
+    if not amount.any():
+        return target
+    src = transform_points(source, similarity(source, target))
+    return target + amount * (src - target)
+
+
+def _matched_scale(image: np.ndarray, src_iod: float, tgt_iod: float) -> tuple[np.ndarray, float]:
+    """Shrink a much larger source first with an area filter: a mesh warp alone would alias."""
+    scale = tgt_iod / max(src_iod, 1.0)
+    if scale >= 0.8:
+        return image, 1.0
+    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return small, scale
+
+
+def _piecewise_warp(image: np.ndarray, index: np.ndarray, affines: np.ndarray) -> np.ndarray:
+    """Pull each destination pixel from the source through its triangle's affine, in one remap."""
+    h, w = index.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = affines[np.maximum(index, 0)]  # (h, w, 2, 3)
+    map_x = a[..., 0, 0] * xs + a[..., 0, 1] * ys + a[..., 0, 2]
+    map_y = a[..., 1, 0] * xs + a[..., 1, 1] * ys + a[..., 1, 2]
+    outside = index < 0
+    map_x[outside] = -1
+    map_y[outside] = -1
+    return cv2.remap(image, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+
+
+def _masked_blur(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of `image` using only pixels where `weight` > 0 (normalised convolution).
+
+    Done at a reduced size: the blur is wide, and a blurred image loses nothing by being small.
+    """
+    h, w = weight.shape
+    factor = max(1, int(sigma / 4))
+    small_w = cv2.resize(weight, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    small_i = cv2.resize(image * weight[..., None], small_w.shape[::-1], interpolation=cv2.INTER_AREA)
+    s = sigma / factor
+    num = cv2.GaussianBlur(small_i, (0, 0), s)
+    den = cv2.GaussianBlur(small_w, (0, 0), s)[..., None]
+    return cv2.resize(num / np.maximum(den, 1e-4), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _fine(gray: np.ndarray, sigma: float) -> np.ndarray:
+    return gray - cv2.GaussianBlur(gray, (0, 0), sigma)
+
+
+def _match_detail(
+    image: np.ndarray, target: np.ndarray, weight: np.ndarray, sigma: float, amount: float
+) -> np.ndarray:
+    """Scale the source's finest band so its energy matches the target's inside the face.
+
+    A small source pasted on a large, sharp target would otherwise look soft (and a sharp source on a
+    blurry target too crisp). The gain is bounded: past ~2x it only amplifies compression noise.
+    """
+    sigma = max(0.8, sigma)
+    inside = weight > 0
+    g_src = cv2.cvtColor(image.astype(np.float32), cv2.COLOR_RGB2GRAY)
+    g_tgt = cv2.cvtColor(target, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    f_src = _fine(g_src, sigma)
+    e_src = float(np.abs(f_src[inside]).mean()) if inside.any() else 0.0
+    e_tgt = float(np.abs(_fine(g_tgt, sigma)[inside]).mean()) if inside.any() else 0.0
+    if e_src < 1e-3:
+        return image
+    gain = float(np.clip(e_tgt / e_src, 0.6, 2.2)) ** amount
+    return np.clip(image + ((gain - 1.0) * f_src)[..., None], 0, 255)
+
+
+def _match_tone(warped: np.ndarray, target: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    src = warped.astype(np.float32) + 1.0
+    tgt = target.astype(np.float32) + 1.0
+    gain = _masked_blur(tgt, weight, sigma) / np.maximum(_masked_blur(src, weight, sigma), 1.0)
+    return np.clip(src * np.clip(gain, 0.33, 3.0) - 1.0, 0, 255)
