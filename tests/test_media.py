@@ -178,18 +178,6 @@ def test_missing_file_and_folder_are_input_missing(tmp_path: Path) -> None:
     assert InputMissing("x").exit_code == ExitCode.INPUT_MISSING
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can read any file")
-def test_unreadable_file_is_input_missing(tmp_path: Path) -> None:
-    path = tmp_path / "secret.png"
-    Image.new("RGB", (4, 4)).save(path)
-    path.chmod(0)
-    try:
-        with pytest.raises(InputMissing, match="permission"):
-            read_image(path)
-    finally:
-        path.chmod(0o600)
-
-
 def test_permission_error_maps_to_input_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Runs as root too (where chmod 000 does not stop reads): simulate the OS refusing the open.
     path = tmp_path / "locked.png"

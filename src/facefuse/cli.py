@@ -207,7 +207,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
         reference = pipe.reference(args.reference_face) if args.reference_face else None
         people = [(pipe.source(src), pipe.reference(ref)) for src, ref in maps]
     result = pipe.run(source, target, selection, reference=reference, people=people, timings=timings)
-    check_result(result, selection)
+    check_result(result, selection, args.target)
     with timings.stage("write"):
         write_image(
             result.image, output, source_type=pipe.swapper.digital_source_type, jpeg_quality=args.jpeg_quality

@@ -32,7 +32,7 @@ EXIT_CODE_HELP = {
     ExitCode.INPUT_MISSING: "an input file is missing or unreadable",
     ExitCode.INPUT_INVALID: "an input is not a supported image, or it is truncated or corrupt",
     ExitCode.TOO_MANY_PIXELS: "an input has more pixels than --max-pixels",
-    ExitCode.NO_SOURCE_FACE: "no face found in a source image",
+    ExitCode.NO_SOURCE_FACE: "no face found in a source or reference photo",
     ExitCode.NO_TARGET_FACE: "no face found in the target",
     ExitCode.OUTPUT_IS_INPUT: "the output path is one of the inputs",
     ExitCode.OUTPUT_DIR_MISSING: "the output folder does not exist",

@@ -102,7 +102,9 @@ class Pipeline:
             return image
         return read_image(image, max_pixels=self.max_pixels)
 
-    def source(self, images: ImageLike | Sequence[ImageLike], *, descriptors: bool = False) -> Identity:
+    def source(
+        self, images: ImageLike | Sequence[ImageLike], *, descriptors: bool = False, role: str = "source"
+    ) -> Identity:
         """Build an identity from one or more photos of the person to swap in."""
         items = [images] if isinstance(images, str | Path | np.ndarray) else list(images)
         found: list[tuple[np.ndarray, Face]] = []
@@ -110,8 +112,8 @@ class Pipeline:
             rgb = self.load(item)
             faces = self.analyser.analyse(rgb, largest_only=True, descriptors=descriptors)
             if not faces:
-                name = item if not isinstance(item, np.ndarray) else "source image"
-                raise NoSourceFace(f"{name}: no face found in the source")
+                name = item if not isinstance(item, np.ndarray) else f"{role} image"
+                raise NoSourceFace(f"{name}: no face found in the {role} photo")
             found.append((rgb, faces[0]))
         rgb, best = max(found, key=lambda pair: pair[1].quality)
         ident = Identity(prepared=self.swapper.prepare(rgb, best), faces=[f for _, f in found])
@@ -121,7 +123,7 @@ class Pipeline:
 
     def reference(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
         """The averaged descriptor of the person in one or more reference photos."""
-        return self.source(images, descriptors=True).descriptor
+        return self.source(images, descriptors=True, role="reference").descriptor
 
     def run(
         self,
@@ -172,21 +174,25 @@ class Pipeline:
         ident = source if isinstance(source, Identity) else self.source(source)
         ref = self.reference(reference) if reference is not None else None
         result = self.run(ident, self.load(target), selection, reference=ref)
-        check_result(result, selection or Selection())
+        name = str(target) if not isinstance(target, np.ndarray) else "target image"
+        check_result(result, selection or Selection(), name)
         return result.image
 
 
-def check_result(result: SwapResult, selection: Selection) -> None:
+def check_result(result: SwapResult, selection: Selection, target_name: str = "target image") -> None:
     """Raise the error that explains an image where nothing was swapped."""
     if result.faces_found == 0:
-        raise NoTargetFace("no face found in the target")
+        raise NoTargetFace(f"{target_name}: no face found in the target")
     if result.faces_swapped == 0:
         if selection.mode is Mode.REFERENCE:
             raise NoMatch(
-                f"no face in the target is within {selection.reference_distance} of the reference face "
+                f"{target_name}: no face is within {selection.reference_distance} of the reference face "
                 "(raise --reference-distance to match more loosely)"
             )
-        raise NoMatch("no target face was selected (check --index and the --map reference photos)")
+        raise NoMatch(
+            f"{target_name}: none of its {result.faces_found} face(s) was selected "
+            "(check --index and the --map reference photos)"
+        )
 
 
 __all__ = ["SAME_PERSON", "Identity", "Pipeline", "SwapResult", "Timings", "check_result"]

@@ -1,0 +1,75 @@
+import cv2
+import numpy as np
+
+from facefuse.analysis import DetectorSettings, FaceAnalyser
+
+
+def test_finds_every_small_face_in_a_group_photo(pipe, images):
+    faces = pipe.analyser.analyse(images("groups/pascal_2008_002470.jpg"))
+    assert len(faces) == 6
+    assert min(f.width for f in faces) < 60  # these are the small faces a single coarse pass misses
+
+
+def test_finds_no_face_among_dogs(pipe, images):
+    assert pipe.analyser.analyse(images("groups/dogs_no_faces.jpg")) == []
+
+
+def test_largest_only_stops_at_the_coarse_pass_but_finds_the_same_largest_face(pipe, images):
+    img = images("groups/obama_and_biden.jpg")
+    every = pipe.analyser.analyse(img)
+    largest = pipe.analyser.analyse(img, largest_only=True)
+    assert len(every) == 3 and len(largest) == 1
+    np.testing.assert_allclose(largest[0].centre, every[0].centre, atol=0.2 * every[0].width)
+
+
+def test_coarse_to_fine_scales_reach_the_minimum_face():
+    analyser_scales = FaceAnalyser(DetectorSettings(min_face=40, coarse_size=640)).detector.scales
+    levels = analyser_scales((720, 1280, 3))
+    assert levels[0] == 0.5 and abs(levels[-1] - 2000 / 1280) < 1e-6  # capped at max_size
+    assert analyser_scales((300, 400, 3))[-1] == 2.0  # 80 px window / 40 px faces
+    assert analyser_scales((4000, 6000, 3))[-1] * 6000 <= 2000 + 1  # never past max_size
+
+
+def test_face_carries_everything(pipe, images):
+    face = pipe.analyser.analyse(images("images/obama.jpg"), largest_only=True, descriptors=True)[0]
+    assert face.landmarks_68.shape == (68, 2) and face.landmarks_5.shape == (5, 2)
+    assert face.descriptor.shape == (128,)
+    assert face.score > 0
+    # The 68 points lie in the box (give or take the chin) and the five points are eyes, nose, mouth.
+    x0, _, x1, _ = face.box
+    inside = (face.landmarks_68[:, 0] > x0 - 20) & (face.landmarks_68[:, 0] < x1 + 20)
+    assert inside.all()
+    eyes_y = face.landmarks_5[:2, 1].mean()
+    assert eyes_y < face.landmarks_5[2, 1] < face.landmarks_5[3:, 1].mean()
+
+
+def test_descriptors_tell_people_apart(pipe, images):
+    def desc(name):
+        return pipe.analyser.analyse(images(name), largest_only=True, descriptors=True)[0].descriptor
+
+    obama, obama2, biden = desc("images/obama.jpg"), desc("images/obama2.jpg"), desc("images/biden.jpg")
+    assert np.linalg.norm(obama - obama2) < 0.5 < np.linalg.norm(obama - biden)
+
+
+def test_pose_sees_a_turned_head(pipe, images):
+    frontal = pipe.analyser.analyse(images("images/obama.jpg"), largest_only=True)[0].pose
+    turned = pipe.analyser.analyse(images("images/kit_harington2.jpg"), largest_only=True)[0].pose
+    assert abs(frontal.yaw) < 10 < 25 < abs(turned.yaw)
+    assert frontal.frontality > turned.frontality
+
+
+def test_roll_follows_an_in_plane_rotation(pipe, images):
+    img = images("images/obama.jpg")
+    h, w = img.shape[:2]
+    rot = cv2.warpAffine(img, cv2.getRotationMatrix2D((w / 2, h / 2), -15, 1.0), (w, h))
+    base = pipe.analyser.analyse(img, largest_only=True)[0].pose.roll
+    rolled = pipe.analyser.analyse(rot, largest_only=True)[0].pose.roll
+    assert 10 < rolled - base < 20
+
+
+def test_sharpness_drops_when_the_face_is_blurred(pipe, images):
+    img = images("images/obama.jpg")
+    sharp = pipe.analyser.analyse(img, largest_only=True)[0]
+    blurred = pipe.analyser.analyse(cv2.GaussianBlur(img, (0, 0), 3), largest_only=True)[0]
+    assert blurred.sharpness < 0.6 * sharp.sharpness
+    assert blurred.quality < sharp.quality
