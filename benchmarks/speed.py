@@ -204,8 +204,8 @@ def mark(name):
     marks.append((name, time.perf_counter()))
 import numpy, cv2, dlib; mark("import numpy+cv2+dlib")
 import scipy.spatial; mark("import scipy.spatial (mesh Delaunay)")
+import facefuse.media; mark("import facefuse.media (PIL, c2pa, cryptography)")
 import facefuse.pipeline; mark("import facefuse.pipeline (rest)")
-import facefuse.media; mark("import facefuse.media (c2pa, cryptography)")
 from facefuse.models.builtin import builtin_paths
 paths = builtin_paths(); mark("builtin_paths (face_recognition_models)")
 dlib.get_frontal_face_detector(); mark("dlib.get_frontal_face_detector()")
@@ -320,6 +320,7 @@ def print_report(r: dict) -> None:
             f"  {c['detector_scales']}"
         )
 
+    print("  (scales: detector scales tried, coarse first; `one` stops at the first that finds a face)")
     print("\nBaselines (same run)")
     codec = base["codec_ms"]["median"]
     print(
@@ -362,7 +363,7 @@ def print_report(r: dict) -> None:
     )
     print("  cold steps in a fresh interpreter (median):")
     for name, ms in cli["cold_steps_ms"].items():
-        print(f"    {name:<42}{ms:8.1f} ms")
+        print(f"    {name:<48}{ms:8.1f} ms")
     print(f"\nbenchmark took {r['benchmark_s']:.1f} s")
 
 
