@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-MEDIA = Path(os.environ.get("FACEFUSE_MEDIA", Path(__file__).resolve().parents[2] / "shared" / "media"))
+_ROOT = Path(__file__).resolve().parents[1]
+_CANDIDATES = [_ROOT.parent / "shared" / "media", _ROOT / "shared" / "media"]
+MEDIA = Path(os.environ.get("FACEFUSE_MEDIA") or next((p for p in _CANDIDATES if p.exists()), _CANDIDATES[0]))
 if not (MEDIA / "identities.csv").exists():
     raise RuntimeError(f"test media not found at {MEDIA}; set FACEFUSE_MEDIA to the shared media folder")
 

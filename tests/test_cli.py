@@ -16,13 +16,13 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import MEDIA
 from PIL import Image
 
 import facefuse
 from facefuse.cli import main
 from facefuse.errors import EXIT_CODE_HELP, ExitCode
 
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 OBAMA = MEDIA / "images" / "obama.jpg"
 BIDEN = MEDIA / "images" / "biden.jpg"
 DOGS = MEDIA / "groups" / "dogs_no_faces.jpg"
