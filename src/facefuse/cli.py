@@ -12,13 +12,13 @@ from pathlib import Path
 
 from facefuse import __version__
 from facefuse.analysis.select import Mode, Order, Selection
-from facefuse.errors import EXIT_CODE_HELP, ExitCode, FacefuseError, InputInvalid, InputMissing
+from facefuse.errors import EXIT_CODE_HELP, ExitCode, FacefuseError, InputMissing
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 
 DESCRIPTION = """\
-facefuse swaps faces in images, offline. It finds every face, carries the identity of a source
+facefuse swaps faces in images and videos, offline. It finds every face, carries the identity of a source
 face onto the chosen target faces while each keeps its pose, expression, lighting and mouth, blends
 without seams, and labels the output as AI-generated (metadata label + signed C2PA manifest).
 Nothing is uploaded: all processing stays on this machine."""
@@ -30,6 +30,10 @@ examples:
   facefuse swap -s me.jpg -t group.jpg -o out.jpg --mode many
   facefuse swap -s me.jpg -t group.jpg -o out.jpg --mode reference --reference-face bob.jpg
   facefuse swap -t group.jpg -o out.jpg --map alice.jpg=bob.jpg --map carol.jpg=dave.jpg
+  facefuse swap -s me.jpg -t clip.mp4 -o out.mp4  swap through a video (audio kept)
+  facefuse swap -s me.jpg -t clip.mp4 -o out.mp4 --trim-start 5 --trim-end 300f --crf 20
+  facefuse swap -s me.jpg -t clip.mp4 -o still.png --frame 120   preview one frame
+  facefuse swap -s me.jpg -t clip.mp4 -o out.mp4 --resume         continue an interrupted run
   facefuse inspect out.jpg                         show the AI label and verify the manifest
 """
 
@@ -58,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     swap = sub.add_parser(
         "swap",
-        help="swap faces in an image",
-        description="Carry the source identity onto faces in the target image.",
+        help="swap faces in an image or a video",
+        description="Carry the source identity onto faces in the target image or video.",
         epilog=EXAMPLES + "\n" + exit_codes_text(),
         formatter_class=fmt,
     )
@@ -73,8 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="photo of the person to swap in; repeat for several photos of them (the sharpest, most "
         "frontal face is used, descriptors are averaged)",
     )
-    io.add_argument("-t", "--target", required=True, metavar="IMAGE", help="image whose faces are replaced")
-    io.add_argument("-o", "--output", required=True, metavar="PATH", help="output image (.jpg .png .webp)")
+    io.add_argument(
+        "-t", "--target", required=True, metavar="FILE", help="image or video whose faces are replaced"
+    )
+    io.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="output image (.jpg .png .webp) or video (.mp4 .m4v .mov)",
+    )
     io.add_argument(
         "--map",
         action="append",
@@ -131,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse inputs with more pixels than this, before decoding them (default 100000000)",
     )
     out.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_video_arguments(swap)
     swap.set_defaults(func=cmd_swap)
 
     inspect = sub.add_parser(
@@ -166,12 +179,68 @@ def parse_maps(items: Sequence[str]) -> list[tuple[str, str]]:
     return maps
 
 
-def check_target_kind(path: str) -> None:
-    suffix = Path(path).suffix.lower()
-    if suffix in VIDEO_SUFFIXES:
-        raise InputInvalid(f"{path}: video targets are not supported yet; give an image")
-    if not Path(path).exists():
+def add_video_arguments(swap: argparse.ArgumentParser) -> None:
+    from facefuse.media.video import ENCODERS
+
+    video = swap.add_argument_group("video targets")
+    video.add_argument(
+        "--encoder",
+        choices=list(ENCODERS),
+        default="h264",
+        help="video encoder (default h264; which ones work depends on the FFmpeg build)",
+    )
+    video.add_argument(
+        "--crf", type=int, metavar="N", help="constant quality; lower is better (h264 default 18)"
+    )
+    video.add_argument("--preset", metavar="NAME", help="encoder speed preset (h264/h265 default veryfast)")
+    video.add_argument(
+        "--fps", metavar="RATE", help="output frame rate, e.g. 25 or 30000/1001 (default: keep)"
+    )
+    video.add_argument(
+        "--resolution", metavar="WxH", help="output size as shown, e.g. 1280x720 or 1280x-1 (default: keep)"
+    )
+    video.add_argument(
+        "--trim-start", metavar="T", help="start at T seconds (12.5) or frame (300f) of the input"
+    )
+    video.add_argument("--trim-end", metavar="T", help="stop before T seconds (12.5) or frame (300f)")
+    video.add_argument(
+        "--frame",
+        type=int,
+        metavar="N",
+        help="preview: swap only frame N of the video into an image --output",
+    )
+    video.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from its last finished segment (same input and options)",
+    )
+    video.add_argument(
+        "--segment-frames",
+        type=int,
+        default=0,
+        metavar="N",
+        help="frames per segment, the unit that --resume keeps (default: an even number of equal "
+        "segments of at most 300 frames)",
+    )
+    video.add_argument(
+        "--workers", type=int, default=0, metavar="N", help="worker processes (default: one per core)"
+    )
+
+
+def check_target_kind(path: str) -> bool:
+    """True for a video target: by extension, else by content (FFmpeg finds a video stream)."""
+    target = Path(path)
+    if not target.exists():
         raise InputMissing(f"{path}: no such file")
+    if target.is_dir():
+        return False  # the image reader reports it
+    if target.suffix.lower() in VIDEO_SUFFIXES:
+        return True
+    if target.suffix.lower() in IMAGE_SUFFIXES:
+        return False
+    from facefuse.media.video import is_video
+
+    return is_video(target)
 
 
 def cmd_swap(args: argparse.Namespace) -> int:
@@ -187,8 +256,16 @@ def cmd_swap(args: argparse.Namespace) -> int:
         raise CliError("--mode reference needs --reference-face IMAGE")
     if args.max_pixels <= 0 or args.min_face < 8 or not 1 <= args.jpeg_quality <= 100:
         raise CliError("--max-pixels must be > 0, --min-face >= 8, --jpeg-quality in 1..100")
-    check_target_kind(args.target)
+    is_video = check_target_kind(args.target)
+    if not is_video and video_options_given(args):
+        raise CliError(
+            f"{args.target}: --frame, --resume, --trim-*, --fps and the encoder options are for videos"
+        )
     inputs = [*args.source, args.target, *args.reference_face, *(p for pair in maps for p in pair)]
+    if is_video:
+        from facefuse.cli_video import swap_video
+
+        return swap_video(args, maps, inputs, t_start)
     output = check_output_path(args.output, inputs)
 
     selection = Selection(
@@ -216,6 +293,11 @@ def cmd_swap(args: argparse.Namespace) -> int:
     summary["wall_ms"] = round(1000 * (time.perf_counter() - t_start), 1)
     report(summary, args.json)
     return ExitCode.OK
+
+
+def video_options_given(args: argparse.Namespace) -> bool:
+    names = ("crf", "preset", "fps", "resolution", "trim_start", "trim_end", "frame")
+    return any(getattr(args, n) is not None for n in names) or args.resume or args.encoder != "h264"
 
 
 def report(summary: dict, as_json: bool) -> None:
@@ -281,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"facefuse: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        print("facefuse: interrupted; nothing was written", file=sys.stderr)
+        print("facefuse: interrupted; nothing was written at the output path", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
     except Exception as exc:  # the last line of defence: one line, not a traceback
         if args.debug or os.environ.get("FACEFUSE_DEBUG"):

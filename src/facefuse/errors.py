@@ -22,6 +22,9 @@ class ExitCode(IntEnum):
     OUTPUT_DIR_MISSING = 9
     OUTPUT_WRITE_FAILED = 10
     NO_MATCH = 11  # reference/--map given but no target face matched
+    NO_VIDEO_STREAM = 12  # a media file with no video stream (e.g. audio only)
+    EMPTY_VIDEO = 13  # a video stream with no decodable frames (in the trimmed range)
+    RESUME_MISMATCH = 14  # --resume found the work of a different job
     INTERRUPTED = 130
 
 
@@ -30,7 +33,7 @@ EXIT_CODE_HELP = {
     ExitCode.INTERNAL: "internal error (a bug; run with --debug and report it)",
     ExitCode.USAGE: "bad command line",
     ExitCode.INPUT_MISSING: "an input file is missing or unreadable",
-    ExitCode.INPUT_INVALID: "an input is not a supported image, or it is truncated or corrupt",
+    ExitCode.INPUT_INVALID: "an input is not a supported image or video, or it is truncated or corrupt",
     ExitCode.TOO_MANY_PIXELS: "an input has more pixels than --max-pixels",
     ExitCode.NO_SOURCE_FACE: "no face found in a source or reference photo",
     ExitCode.NO_TARGET_FACE: "no face found in the target",
@@ -38,7 +41,10 @@ EXIT_CODE_HELP = {
     ExitCode.OUTPUT_DIR_MISSING: "the output folder does not exist",
     ExitCode.OUTPUT_WRITE_FAILED: "the output could not be written",
     ExitCode.NO_MATCH: "no target face matched the reference face(s)",
-    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); nothing was written",
+    ExitCode.NO_VIDEO_STREAM: "the target video has no video stream (e.g. an audio-only file)",
+    ExitCode.EMPTY_VIDEO: "the target video has no frames (zero length, all broken, or trimmed away)",
+    ExitCode.RESUME_MISMATCH: "--resume found unfinished work of a different job (input or options changed)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); nothing was written at the output path",
 }
 
 
@@ -85,3 +91,19 @@ class OutputWriteFailed(FacefuseError):
 
 class NoMatch(FacefuseError):
     exit_code = ExitCode.NO_MATCH
+
+
+class NoVideoStream(FacefuseError):
+    exit_code = ExitCode.NO_VIDEO_STREAM
+
+
+class EmptyVideo(FacefuseError):
+    exit_code = ExitCode.EMPTY_VIDEO
+
+
+class ResumeMismatch(FacefuseError):
+    exit_code = ExitCode.RESUME_MISMATCH
+
+
+class Interrupted(FacefuseError):
+    exit_code = ExitCode.INTERRUPTED

@@ -53,18 +53,21 @@ class HogDetector:
         if not largest_only:
             levels = levels[-1:]
         for scale in levels:
-            found = self._run(image, scale)
+            found = self.run(image, scale)
             if found:
                 return found
         return []
 
-    def _run(self, image: np.ndarray, scale: float) -> list[Detection]:
+    def run(self, image: np.ndarray, scale: float, threshold: float | None = None) -> list[Detection]:
+        """One pass at one scale (boxes in `image` pixels); `threshold` overrides the settings' margin."""
+        if threshold is None:
+            threshold = self.settings.threshold
         if abs(scale - 1.0) < 1e-3:
             scaled = image
         else:
             interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
             scaled = cv2.resize(image, None, fx=scale, fy=scale, interpolation=interp)
-        rects, scores, _ = self._detector.run(np.ascontiguousarray(scaled), 0, self.settings.threshold)
+        rects, scores, _ = self._detector.run(np.ascontiguousarray(scaled), 0, threshold)
         out = []
         for rect, score in zip(rects, scores, strict=True):
             box = np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], np.float32) / scale

@@ -501,7 +501,7 @@ def inspect_file(path: str | Path) -> LabelReport:
     """Report the AI-generated label and the C2PA manifest of `path`; never raises for a plain photo.
 
     Raises InputMissing if the file is missing or unreadable, InputInvalid if it is neither an image
-    Pillow can identify nor a file that carries a C2PA manifest.
+    Pillow can identify, nor a video FFmpeg can open, nor a file that carries a C2PA manifest.
     """
     path = Path(path)
     try:
@@ -514,7 +514,7 @@ def inspect_file(path: str | Path) -> LabelReport:
         raise InputMissing(f"{path}: cannot be read ({exc.strerror or exc})") from exc
 
     report = LabelReport(path=str(path))
-    recognised = _read_metadata_label(data, report)
+    recognised = _read_metadata_label(data, report) or _read_video_label(path, report)
     _read_manifest(data, report)
     if not recognised and not report.manifest_present:
         raise InputInvalid(f"{path}: not an image facefuse can inspect")
@@ -538,6 +538,15 @@ def _read_metadata_label(data: bytes, report: LabelReport) -> bool:
     report.metadata_digital_source_type = xmp_source_type
     report.label = next((t for t in [*texts[:1], *xmp_descriptions, *texts[1:]] if _is_label(t)), None)
     return True
+
+
+def _read_video_label(path: Path, report: LabelReport) -> bool:
+    """Fill `report.label` from a video's container tags (comment/description); False if not a video."""
+    from facefuse.media.video import read_video_label  # PyAV loads only when a file is not an image
+
+    label, recognised = read_video_label(path)
+    report.label = label
+    return recognised
 
 
 def _metadata_texts(im: Image.Image) -> list[str]:
