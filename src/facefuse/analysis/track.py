@@ -81,9 +81,12 @@ class OneEuroFilter:
 @dataclass
 class TrackerSettings:
     detect_every: int = 10  # frames between full detections while every track is confirmed
+    # Frames between full detections while no track is alive: a face that walks in is picked up
+    # within this many frames, and long stretches with no face (cutaways, crowds' backs) cost a third.
+    search_every: int = 3
     detect_long_side: int = 640  # full detection on a copy this long (never upsampled): faces >= 80/scale
     min_face: int = 40  # px: the fine pass reaches faces this small; smaller ones start no track
-    fine_every: int = 45  # frames between fine passes (also at the first frame and at every cut)
+    fine_every: int = 90  # frames between fine passes (also at the first frame and at every cut)
     max_long_side: int = 2000  # the fine pass never upsamples past this: its cost grows with area
     iou_match: float = 0.3  # box overlap for a detection to belong to a track
     descriptors: bool = False  # compute a descriptor when a track is born (~70 ms, once a track)
@@ -269,7 +272,7 @@ class FaceTracker:
         regular, fine = st.scales(frame.shape)
         if cut or self._since_fine >= st.fine_every:
             self._detect(frame, t, fine)
-        elif not self.tracks or self._since_detect >= st.detect_every or any(tr.missed for tr in self.tracks):
+        elif self._due(regular_interval=st.search_every if not self.tracks else st.detect_every):
             self._detect(frame, t, regular)
         kept = []
         for tr in self.tracks:
@@ -281,6 +284,9 @@ class FaceTracker:
         for tr in self.tracks:
             self._smooth(tr, frame.shape, t)
         return [tr for tr in self.tracks if tr.visible]
+
+    def _due(self, regular_interval: int) -> bool:
+        return self._since_detect >= regular_interval or any(tr.missed for tr in self.tracks)
 
     def _follow(self, frame: np.ndarray, track: Track) -> None:
         track.age += 1
