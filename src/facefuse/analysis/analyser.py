@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from facefuse.analysis.detect import DetectorSettings, HogDetector
+from facefuse.analysis.detect import Detection, DetectorSettings, HogDetector
 from facefuse.analysis.face import Face
 from facefuse.analysis.landmarks import ShapePredictor68, head_pose, sharpness
 from facefuse.analysis.recognise import DlibRecogniser
@@ -34,19 +34,7 @@ class FaceAnalyser:
     ) -> list[Face]:
         """Every face in an RGB uint8 image (only the largest when `largest_only`), largest first."""
         image = np.ascontiguousarray(image)
-        faces = []
-        for det in self.detector.detect(image, largest_only=largest_only):
-            points = self.landmarks(image, det.box)
-            faces.append(
-                Face(
-                    box=det.box,
-                    score=det.score,
-                    landmarks_68=points,
-                    landmarks_5=five_from_68(points),
-                    pose=head_pose(points, image.shape),
-                    sharpness=sharpness(image, points),
-                )
-            )
+        faces = [self.face_at(image, det) for det in self.detector.detect(image, largest_only=largest_only)]
         faces.sort(key=lambda f: f.area, reverse=True)
         if largest_only:
             faces = faces[:1]
@@ -54,6 +42,18 @@ class FaceAnalyser:
             for face in faces:
                 self.describe(image, face)
         return faces
+
+    def face_at(self, image: np.ndarray, detection: Detection) -> Face:
+        """A `Face` for one detection: its 68 points and what follows from them (no descriptor)."""
+        points = self.landmarks(image, detection.box)
+        return Face(
+            box=detection.box,
+            score=detection.score,
+            landmarks_68=points,
+            landmarks_5=five_from_68(points),
+            pose=head_pose(points, image.shape),
+            sharpness=sharpness(image, points),
+        )
 
     def describe(self, image: np.ndarray, face: Face) -> np.ndarray:
         """Fill in (and return) the face's identity descriptor."""

@@ -29,7 +29,7 @@ import numpy as np
 from facefuse.analysis.analyser import FaceAnalyser
 from facefuse.analysis.detect import HOG_WINDOW, Detection
 from facefuse.analysis.face import Face
-from facefuse.analysis.landmarks import head_pose, sharpness
+from facefuse.analysis.landmarks import head_pose
 from facefuse.geometry import TEMPLATE_68, five_from_68, invert, similarity, transform_points
 
 # Where dlib's HOG detector puts its box relative to the 68 points, in template units (eye
@@ -345,22 +345,14 @@ class FaceTracker:
 
     def _birth(self, frame: np.ndarray, det: Detection, t: float) -> None:
         st = self.settings
-        points = self.analyser.landmarks(frame, det.box)
-        face = Face(
-            box=det.box,
-            score=det.score,
-            landmarks_68=points,
-            landmarks_5=five_from_68(points),
-            pose=head_pose(points, frame.shape),
-            sharpness=sharpness(frame, points),
-        )
+        face = self.analyser.face_at(frame, det)
         if st.descriptors:
             self.analyser.describe(frame, face)
         track = Track(
             id=self._reclaim(face, t),
             face=face,
             descriptor=face.descriptor,
-            raw_68=points,
+            raw_68=face.landmarks_68,
             smoother=LandmarkSmoother(st),
         )
         self.tracks.append(track)
