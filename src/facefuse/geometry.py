@@ -73,15 +73,14 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     dst = np.asarray(dst, np.float64)
     mu_s, mu_d = src.mean(0), dst.mean(0)
     s, d = src - mu_s, dst - mu_d
-    # Umeyama: the optimal rotation comes from the SVD of the cross-covariance.
-    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
-    sign = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[-1] = -1
-    rot = u @ np.diag(sign) @ vt
-    scale = (sig * sign).sum() / max((s**2).sum() / len(src), 1e-12)
+    # In the complex plane a rotation with scale is one number z (dst = z * src), and its least-squares
+    # value is closed-form: the same optimum as Umeyama's SVD (no reflection) at a tenth of the cost,
+    # which matters because the tracker and the swapper fit several of these per face per frame.
+    sc = s[:, 0] + 1j * s[:, 1]
+    dc = d[:, 0] + 1j * d[:, 1]
+    z = np.vdot(sc, dc) / max(float(np.vdot(sc, sc).real), 1e-12)
     m = np.empty((2, 3))
-    m[:, :2] = scale * rot
+    m[:, :2] = [[z.real, -z.imag], [z.imag, z.real]]
     m[:, 2] = mu_d - m[:, :2] @ mu_s
     return m.astype(np.float32)
 
