@@ -137,11 +137,11 @@ class SessionPool:
             if session is None:
                 if not path.is_file():
                     raise ModelMissing(f"{path}: no such model file")
-                session = self._create(path, label=str(path))
+                session = self._create(path, label=None)
                 self._sessions[key] = session
             return session
 
-    def _create(self, path: Path, label: str) -> onnxruntime.InferenceSession:
+    def _create(self, path: Path, label: str | None) -> onnxruntime.InferenceSession:
         import onnxruntime
 
         try:
@@ -172,10 +172,15 @@ class SessionPool:
         return session
 
 
-def _corrupt_message(label: str, path: Path, exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    # onnxruntime prefixes "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from ... failed:".
+def _corrupt_message(label: str | None, path: Path, exc: Exception) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    # onnxruntime says "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from P failed:Protobuf ...".
     detail = first.rsplit(" : ", 1)[-1]
+    if detail.startswith("Load model from ") and " failed:" in detail:
+        detail = detail.split(" failed:", 1)[1]
+    detail = detail.strip() or type(exc).__name__
     if len(detail) > 160:
         detail = detail[:157] + "..."
-    return f"{label}: {path} is not a valid ONNX model (truncated or corrupt): {detail}"
+    prefix = f"{label}: " if label else ""
+    return f"{prefix}{path} is not a valid ONNX model (truncated or corrupt): {detail}"
