@@ -120,9 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "--reference-distance",
         type=float,
-        default=0.6,
+        default=None,
         metavar="D",
-        help="descriptor distance under which a face counts as the reference person (default 0.6)",
+        help="descriptor distance under which a face counts as the reference person (default: the "
+        "recogniser's own, 0.6 for dlib, 1.10 for arcface_w600k_r50)",
     )
     sel.add_argument(
         "--min-face",
@@ -284,7 +285,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
         reference = pipe.reference(args.reference_face) if args.reference_face else None
         people = [(pipe.source(src), pipe.reference(ref)) for src, ref in maps]
     result = pipe.run(source, target, selection, reference=reference, people=people, timings=timings)
-    check_result(result, selection, args.target)
+    check_result(result, selection.resolved(pipe.analyser.same_person), args.target)
     with timings.stage("write"):
         write_image(
             result.image, output, source_type=pipe.swapper.digital_source_type, jpeg_quality=args.jpeg_quality

@@ -25,6 +25,11 @@ class ExitCode(IntEnum):
     NO_VIDEO_STREAM = 12  # a media file with no video stream (e.g. audio only)
     EMPTY_VIDEO = 13  # a video stream with no decodable frames (in the trimmed range)
     RESUME_MISMATCH = 14  # --resume found the work of a different job
+    MODEL_MISSING = 20
+    MODEL_HASH_MISMATCH = 21
+    MODEL_CORRUPT = 22
+    MODEL_UNKNOWN = 23
+    MODEL_DOWNLOAD_FAILED = 24
     INTERRUPTED = 130
 
 
@@ -44,6 +49,11 @@ EXIT_CODE_HELP = {
     ExitCode.NO_VIDEO_STREAM: "the target video has no video stream (e.g. an audio-only file)",
     ExitCode.EMPTY_VIDEO: "the target video has no frames (zero length, all broken, or trimmed away)",
     ExitCode.RESUME_MISMATCH: "--resume found unfinished work of a different job (input or options changed)",
+    ExitCode.MODEL_MISSING: "a model file is missing (facefuse models download NAME fetches it)",
+    ExitCode.MODEL_HASH_MISMATCH: "a model file's SHA-256 is not the registry's",
+    ExitCode.MODEL_CORRUPT: "a model file is truncated, corrupt, or not the model it is named as",
+    ExitCode.MODEL_UNKNOWN: "no model has that name",
+    ExitCode.MODEL_DOWNLOAD_FAILED: "a model download failed",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); nothing was written at the output path",
 }
 
@@ -103,6 +113,26 @@ class EmptyVideo(FacefuseError):
 
 class ResumeMismatch(FacefuseError):
     exit_code = ExitCode.RESUME_MISMATCH
+
+
+class ModelMissing(FacefuseError):
+    exit_code = ExitCode.MODEL_MISSING
+
+
+class ModelHashMismatch(FacefuseError):
+    exit_code = ExitCode.MODEL_HASH_MISMATCH
+
+
+class ModelCorrupt(FacefuseError):
+    exit_code = ExitCode.MODEL_CORRUPT
+
+
+class UnknownModel(FacefuseError):
+    exit_code = ExitCode.MODEL_UNKNOWN
+
+
+class ModelDownloadFailed(FacefuseError):
+    exit_code = ExitCode.MODEL_DOWNLOAD_FAILED
 
 
 class Interrupted(FacefuseError):

@@ -141,7 +141,7 @@ class Pipeline:
         faces are claimed first, and `source` (if given) then goes to the remaining faces chosen by
         `selection`.
         """
-        selection = selection or Selection()
+        selection = (selection or Selection()).resolved(self.analyser.same_person)
         timings = timings or Timings()
         needs_identity = bool(people) or selection.mode is Mode.REFERENCE
         with timings.stage("analyse"):
@@ -175,7 +175,7 @@ class Pipeline:
         ref = self.reference(reference) if reference is not None else None
         result = self.run(ident, self.load(target), selection, reference=ref)
         name = str(target) if not isinstance(target, np.ndarray) else "target image"
-        check_result(result, selection or Selection(), name)
+        check_result(result, (selection or Selection()).resolved(self.analyser.same_person), name)
         return result.image
 
 

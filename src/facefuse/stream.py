@@ -46,7 +46,7 @@ class FrameSwapper:
     ) -> None:
         self.pipeline = pipeline
         self.source = source
-        self.selection = selection or Selection()
+        self.selection = (selection or Selection()).resolved(pipeline.analyser.same_person)
         self.reference = reference
         self.people = list(people)
         if self.selection.mode is Mode.REFERENCE and reference is None and source is not None:
