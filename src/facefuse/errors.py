@@ -25,11 +25,12 @@ class ExitCode(IntEnum):
     NO_VIDEO_STREAM = 12  # a media file with no video stream (e.g. audio only)
     EMPTY_VIDEO = 13  # a video stream with no decodable frames (in the trimmed range)
     RESUME_MISMATCH = 14  # --resume found the work of a different job
-    MODEL_MISSING = 20
-    MODEL_HASH_MISMATCH = 21
-    MODEL_CORRUPT = 22
-    MODEL_UNKNOWN = 23
-    MODEL_DOWNLOAD_FAILED = 24
+    # Model zoo (20-29)
+    MODEL_MISSING = 20  # a model file is not in the models folder (nothing is fetched implicitly)
+    MODEL_HASH_MISMATCH = 21  # a model file's SHA-256 differs from the pinned (or recorded) one
+    MODEL_CORRUPT = 22  # a model file is truncated, the wrong size, or not a loadable ONNX model
+    MODEL_UNKNOWN = 23  # no model of that name in the registry
+    MODEL_DOWNLOAD_FAILED = 24  # network or server error during `facefuse models download`
     INTERRUPTED = 130
 
 
@@ -49,11 +50,11 @@ EXIT_CODE_HELP = {
     ExitCode.NO_VIDEO_STREAM: "the target video has no video stream (e.g. an audio-only file)",
     ExitCode.EMPTY_VIDEO: "the target video has no frames (zero length, all broken, or trimmed away)",
     ExitCode.RESUME_MISMATCH: "--resume found unfinished work of a different job (input or options changed)",
-    ExitCode.MODEL_MISSING: "a model file is missing (facefuse models download NAME fetches it)",
-    ExitCode.MODEL_HASH_MISMATCH: "a model file's SHA-256 is not the registry's",
-    ExitCode.MODEL_CORRUPT: "a model file is truncated, corrupt, or not the model it is named as",
-    ExitCode.MODEL_UNKNOWN: "no model has that name",
-    ExitCode.MODEL_DOWNLOAD_FAILED: "a model download failed",
+    ExitCode.MODEL_MISSING: "a model file is missing (the message says which file to put where)",
+    ExitCode.MODEL_HASH_MISMATCH: "a model file's SHA-256 does not match the registry (or its recorded hash)",
+    ExitCode.MODEL_CORRUPT: "a model file is truncated, the wrong size, or not a valid ONNX model",
+    ExitCode.MODEL_UNKNOWN: "no model of that name (see `facefuse models list`)",
+    ExitCode.MODEL_DOWNLOAD_FAILED: "a model download failed (rerun to resume it)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); nothing was written at the output path",
 }
 
@@ -115,25 +116,29 @@ class ResumeMismatch(FacefuseError):
     exit_code = ExitCode.RESUME_MISMATCH
 
 
-class ModelMissing(FacefuseError):
+class Interrupted(FacefuseError):
+    exit_code = ExitCode.INTERRUPTED
+
+
+class ModelError(FacefuseError):
+    """Base of the model-zoo errors; each subclass has its own exit code."""
+
+
+class ModelMissing(ModelError):
     exit_code = ExitCode.MODEL_MISSING
 
 
-class ModelHashMismatch(FacefuseError):
+class ModelHashMismatch(ModelError):
     exit_code = ExitCode.MODEL_HASH_MISMATCH
 
 
-class ModelCorrupt(FacefuseError):
+class ModelCorrupt(ModelError):
     exit_code = ExitCode.MODEL_CORRUPT
 
 
-class UnknownModel(FacefuseError):
+class UnknownModel(ModelError):
     exit_code = ExitCode.MODEL_UNKNOWN
 
 
-class ModelDownloadFailed(FacefuseError):
+class ModelDownloadFailed(ModelError):
     exit_code = ExitCode.MODEL_DOWNLOAD_FAILED
-
-
-class Interrupted(FacefuseError):
-    exit_code = ExitCode.INTERRUPTED
