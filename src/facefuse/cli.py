@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     add_video_arguments(swap)
+    from facefuse.cli_zoo import add_zoo_arguments
+
+    add_zoo_arguments(swap)
     swap.set_defaults(func=cmd_swap)
 
     inspect = sub.add_parser(
@@ -279,9 +282,13 @@ def cmd_swap(args: argparse.Namespace) -> int:
         index=args.index,
         reference_distance=args.reference_distance,
     )
+    from facefuse.cli_zoo import pipeline_options
+
     timings = Timings()
     with timings.stage("load_models"):
-        pipe = Pipeline(detector=DetectorSettings(min_face=args.min_face), max_pixels=args.max_pixels)
+        pipe = Pipeline(
+            detector=DetectorSettings(min_face=args.min_face), max_pixels=args.max_pixels, **pipeline_options(args)
+        )
     with timings.stage("read"):
         target = pipe.load(args.target)
     with timings.stage("source"):

@@ -81,7 +81,7 @@ class FrameSwapper:
         out = frame
         with timings.stage("swap"):
             for track, ident in plan:
-                out = self.pipeline.swapper.swap(out, track.face, ident.prepared)
+                out = self.pipeline.swap_face(out, track.face, ident)
         return FrameResult(out, len(tracks), len(plan), [tr.id for tr, _ in plan])
 
     @property
