@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 import zoo_onnx as z
-from conftest import media
 from onnx import numpy_helper
 
 from facefuse.analysis import FaceAnalyser
@@ -28,7 +27,7 @@ from facefuse.masks.xseg import XSegOccluder
 from facefuse.models import ModelSpec, ModelStore, Registry, SessionPool
 from facefuse.models.onnx_io import last_initializer
 from facefuse.swap.base import SourceFace
-from facefuse.swap.inswapper import InswapperSwapper, OnnxInswapper, emap_latent
+from facefuse.swap.inswapper import InswapperSwapper, OnnxInswapper
 from facefuse.swap.pixel_boost import boosted, explode, implode
 from facefuse.swap.simswap import EmbeddingConverter, SimSwapSwapper
 
@@ -104,7 +103,9 @@ def test_scrfd_finds_planted_faces_at_their_boxes(input_name):
     faces = _planted([(a, _kps_in(a)), (b, _kps_in(b))])
     # A weaker duplicate of face a on the next anchor (NMS removes it) and a face under the threshold.
     faces.append(dict(faces[0], anchor=1, score=0.7, box=(102.0, 121.0, 222.0, 262.0)))
-    faces.append(dict(stride=32, row=15, col=15, score=0.3, box=(460.0, 460.0, 520.0, 530.0), kps=np.zeros((5, 2))))
+    faces.append(
+        dict(stride=32, row=15, col=15, score=0.3, box=(460.0, 460.0, 520.0, 530.0), kps=np.zeros((5, 2)))
+    )
     det = ScrfdDetector(z.session(z.scrfd(faces, input_name=input_name)))
     # A 1280 x 720 frame is letterboxed at scale 0.5: input pixels are frame pixels / 2.
     found = det.detect(np.zeros((720, 1280, 3), np.uint8))
@@ -135,7 +136,9 @@ def test_analyser_with_a_learned_detector_uses_its_boxes_and_keypoints(photo):
     h, w = img.shape[:2]
     scale = int(640 * h / w) / h  # the letterbox's own scale (InsightFace rounds the new height down)
     box = face.box * scale
-    det = ScrfdDetector(z.session(z.scrfd(_planted([(tuple(box), face.landmarks_5 * scale)]))), name="scrfd_10g")
+    det = ScrfdDetector(
+        z.session(z.scrfd(_planted([(tuple(box), face.landmarks_5 * scale)]))), name="scrfd_10g"
+    )
     analyser = FaceAnalyser(det)
     (found,) = analyser.analyse(img)
     assert np.allclose(found.box, face.box, atol=0.05)
@@ -215,7 +218,9 @@ def test_inswapper_net_feeds_target_and_latent(arcface):
 @pytest.mark.parametrize("boost", [128, 256])
 def test_identity_inswapper_reproduces_the_frame(photo, arcface, fp16, boost):
     img, face = photo
-    sw = InswapperSwapper(OnnxInswapper(z.session(z.inswapper(EMAP, fp16=fp16))), EMAP, arcface, pixel_boost=boost)
+    sw = InswapperSwapper(
+        OnnxInswapper(z.session(z.inswapper(EMAP, fp16=fp16))), EMAP, arcface, pixel_boost=boost
+    )
     out = sw.swap(img, face, sw.prepare(img, face))
     diff = np.abs(out.astype(int) - img.astype(int)).max(axis=2)
     assert diff[_face_box_mask(img.shape, face)].max() <= 2
@@ -236,9 +241,11 @@ def test_identity_inswapper_pasting_its_output_at_a_resolution_that_holds_the_fa
 
 
 def test_swapped_colour_lands_on_the_face(photo, arcface):
-    """A swapper whose output is a flat colour (from the latent): the colour covers the face, centred on it."""
+    """A swapper whose output is a flat colour (from the latent): it covers the face, centred on it."""
     img, face = photo
-    sw = InswapperSwapper(OnnxInswapper(z.session(z.inswapper(EMAP, probe=True))), EMAP, arcface, keep_detail=False)
+    sw = InswapperSwapper(
+        OnnxInswapper(z.session(z.inswapper(EMAP, probe=True))), EMAP, arcface, keep_detail=False
+    )
     latent = np.zeros(512, np.float32)
     latent[:3] = (0.8, 0.2, 0.5)
     src = SourceFace(face=face, image=img, origin=np.zeros(2, np.float32), latent=latent)
@@ -249,8 +256,10 @@ def test_swapped_colour_lands_on_the_face(photo, arcface):
     painted = np.abs(out.astype(int) - want).max(axis=2) <= 1
     ys, xs = np.nonzero(painted)
     centre = np.array([xs.mean(), ys.mean()])
-    crop_centre = transform_points(np.array([[64, 64]], np.float32),
-                                   cv2.invertAffineTransform(template_matrix(face.landmarks_5, "arcface_128", 128)))
+    crop_centre = transform_points(
+        np.array([[64, 64]], np.float32),
+        cv2.invertAffineTransform(template_matrix(face.landmarks_5, "arcface_128", 128)),
+    )
     assert np.linalg.norm(centre - crop_centre[0]) < 0.05 * face.width  # fmt: skip
 
 
@@ -365,10 +374,14 @@ def test_wrong_contract_is_refused_with_what_was_expected():
 
 def _registry(tmp_path, good: bytes):
     spec = dict(purpose="swapper", family="inswapper", url="https://example.invalid/x.onnx", licence="test")
-    return Registry([
-        ModelSpec(name="inswapper_128", filename="inswapper_128.onnx", sha256=hashlib.sha256(good).hexdigest(),
-                  size=len(good), **spec),
-    ])  # fmt: skip
+    digest = hashlib.sha256(good).hexdigest()
+    return Registry(
+        [
+            ModelSpec(
+                name="inswapper_128", filename="inswapper_128.onnx", sha256=digest, size=len(good), **spec
+            )
+        ]
+    )
 
 
 def test_truncated_corrupt_and_tampered_files_are_rejected(tmp_path):

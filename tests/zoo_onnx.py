@@ -57,7 +57,12 @@ def inswapper(emap: np.ndarray, *, fp16: bool = False, probe: bool = False) -> o
     target = helper.make_tensor_value_info("target", F32, [1, 3, 128, 128])
     source = helper.make_tensor_value_info("source", F32, [1, 512])
     output = helper.make_tensor_value_info("output", F32, [1, 3, 128, 128])
-    inits = [_zero_init("s"), _t("starts", np.array([0])), _t("ends", np.array([3])), _t("axes", np.array([1]))]
+    inits = [
+        _zero_init("s"),
+        _t("starts", np.array([0])),
+        _t("ends", np.array([3])),
+        _t("axes", np.array([1])),
+    ]
     inits.append(_t("shape3", np.array([1, 3, 1, 1])))
     nodes = _zero_of("source", "szero", "s")
     if probe:
@@ -119,7 +124,7 @@ def arcface(weights: np.ndarray) -> onnx.ModelProto:
 
 
 def fan68(points64: np.ndarray, peak: float = 0.9) -> onnx.ModelProto:
-    """'input' [1,3,256,256] -> (1,68,3) the given points (64 px heatmap frame) and heatmaps peaking at `peak`."""
+    """'input' [1,3,256,256] -> (1,68,3) the given points (64 px heatmap frame), heatmaps peaking at `peak`."""
     x = helper.make_tensor_value_info("input", F32, [1, 3, 256, 256])
     y0 = helper.make_tensor_value_info("landmarks", F32, [1, 68, 3])
     y1 = helper.make_tensor_value_info("heatmaps", F32, [1, 68, 64, 64])
@@ -180,7 +185,12 @@ def yunet(faces: list[dict], size: int = 640) -> onnx.ModelProto:
         arrays[f"cls_{s}"][0, idx] = f["cls"]
         arrays[f"obj_{s}"][0, idx] = f["obj"]
         w, h = x2 - x1, y2 - y1
-        arrays[f"bbox_{s}"][0, idx] = [(x1 + w / 2) / s - c, (y1 + h / 2) / s - r, np.log(w / s), np.log(h / s)]
+        arrays[f"bbox_{s}"][0, idx] = [
+            (x1 + w / 2) / s - c,
+            (y1 + h / 2) / s - r,
+            np.log(w / s),
+            np.log(h / s),
+        ]
         arrays[f"kps_{s}"][0, idx] = (np.asarray(f["kps"], np.float32) / s - [c, r]).ravel()
     x = helper.make_tensor_value_info("input", F32, [1, 3, size, size])
     nodes, outs, inits = _const_outputs("input", arrays)
@@ -227,4 +237,6 @@ def bisenet(class_of_channel: dict[int, int]) -> onnx.ModelProto:
     b[0] = 1.0
     for c, k in class_of_channel.items():
         w[k, c] = 1.0
-    return _model([helper.make_node("Conv", ["input", "W", "B"], ["output"])], [x], [y], [_t("W", w), _t("B", b)])
+    return _model(
+        [helper.make_node("Conv", ["input", "W", "B"], ["output"])], [x], [y], [_t("W", w), _t("B", b)]
+    )

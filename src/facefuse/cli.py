@@ -287,7 +287,9 @@ def cmd_swap(args: argparse.Namespace) -> int:
     timings = Timings()
     with timings.stage("load_models"):
         pipe = Pipeline(
-            detector=DetectorSettings(min_face=args.min_face), max_pixels=args.max_pixels, **pipeline_options(args)
+            detector=DetectorSettings(min_face=args.min_face),
+            max_pixels=args.max_pixels,
+            **pipeline_options(args),
         )
     with timings.stage("read"):
         target = pipe.load(args.target)

@@ -106,7 +106,9 @@ def _load(args: argparse.Namespace, maps: Sequence[tuple[str, str]]) -> tuple[An
     from facefuse.cli_zoo import pipeline_options
 
     pipe = Pipeline(
-        detector=DetectorSettings(min_face=args.min_face), max_pixels=args.max_pixels, **pipeline_options(args)
+        detector=DetectorSettings(min_face=args.min_face),
+        max_pixels=args.max_pixels,
+        **pipeline_options(args),
     )
     source = pipe.source(args.source) if args.source else None
     reference = pipe.reference(args.reference_face) if args.reference_face else None

@@ -21,8 +21,12 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "models (learned models run with onnxruntime; `facefuse models download NAME` fetches them)"
     )
-    group.add_argument("--detector", choices=list(DETECTORS), default="hog", help="face detector (default hog)")
-    group.add_argument("--landmarker", choices=LANDMARKERS, default="dlib", help="68-point landmarks (default dlib)")
+    group.add_argument(
+        "--detector", choices=list(DETECTORS), default="hog", help="face detector (default hog)"
+    )
+    group.add_argument(
+        "--landmarker", choices=LANDMARKERS, default="dlib", help="68-point landmarks (default dlib)"
+    )
     group.add_argument(
         "--recogniser", choices=RECOGNISERS, default="dlib", help="identity descriptors (default dlib)"
     )

@@ -203,7 +203,9 @@ def warp_crop(image: np.ndarray, five: np.ndarray, template: str, size: int) -> 
     # Big pixel k c + (k - 1) / 2 is the centre of the k x k block that averages into crop pixel c.
     big = m * np.float32(k)
     big[:, 2] += (k - 1) / 2.0
-    crop = cv2.warpAffine(image, big, (size * k, size * k), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    crop = cv2.warpAffine(
+        image, big, (size * k, size * k), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
+    )
     if k > 1:
         crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
     return crop, m

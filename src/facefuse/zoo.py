@@ -16,7 +16,13 @@ from facefuse.masks.bisenet import DEFAULT_REGIONS, region_ids
 from facefuse.masks.combine import MASK_TYPES, MaskSet
 from facefuse.models.sessions import SessionPool
 
-DETECTORS = {"hog": None, "scrfd_10g": "scrfd", "scrfd_2.5g": "scrfd", "scrfd_500m": "scrfd", "yunet": "yunet"}
+DETECTORS = {
+    "hog": None,
+    "scrfd_10g": "scrfd",
+    "scrfd_2.5g": "scrfd",
+    "scrfd_500m": "scrfd",
+    "yunet": "yunet",
+}
 # CLI names -> registry names where they differ.
 _REGISTRY_NAME = {"yunet": "yunet_2023_mar"}
 LANDMARKERS = ("dlib", "2dfan4")

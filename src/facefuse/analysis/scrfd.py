@@ -57,7 +57,9 @@ def anchor_centres(height: int, width: int, stride: int, per_cell: int) -> np.nd
     return np.repeat(centres, per_cell, axis=0)
 
 
-def to_detections(boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray | None, iou: float) -> list[Detection]:
+def to_detections(
+    boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray | None, iou: float
+) -> list[Detection]:
     keep = nms(boxes, scores, iou)
     return [
         Detection(
@@ -82,9 +84,9 @@ class ScrfdDetector:
         name: str = "scrfd",
     ) -> None:
         self.name = name
-        port = bind_inputs(session, name, {"input": TensorSpec((None, 3, None, None))}, {"input": ("input.1",)})[
-            "input"
-        ]
+        port = bind_inputs(
+            session, name, {"input": TensorSpec((None, 3, None, None))}, {"input": ("input.1",)}
+        )["input"]
         n_out = len(check_outputs(session, name, (6, 9, 10, 15)))
         self.session = session
         self._input = port.name

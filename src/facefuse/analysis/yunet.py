@@ -76,5 +76,8 @@ class YuNetDetector:
         if not boxes:
             return []
         return to_detections(
-            np.concatenate(boxes) / det_scale, np.concatenate(scores), np.concatenate(kps) / det_scale, self.iou
+            np.concatenate(boxes) / det_scale,
+            np.concatenate(scores),
+            np.concatenate(kps) / det_scale,
+            self.iou,
         )

@@ -6,7 +6,9 @@ import cv2
 import numpy as np
 
 
-def box_mask(size: int, blur: float = 0.3, padding: tuple[float, float, float, float] = (0, 0, 0, 0)) -> np.ndarray:
+def box_mask(
+    size: int, blur: float = 0.3, padding: tuple[float, float, float, float] = (0, 0, 0, 0)
+) -> np.ndarray:
     """float32 (size, size) in [0, 1]: zero on a border, Gaussian-faded inwards (FaceFusion's numbers).
 
     `blur` is the fade width as a fraction of half the crop (0.3: 19 px sigma at 512, 4.75 at 128);

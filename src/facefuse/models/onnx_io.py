@@ -70,7 +70,10 @@ def _show(shape: Sequence[int | None]) -> str:
 
 
 def bind_inputs(
-    session: SessionLike, model: str, wanted: Mapping[str, TensorSpec], aliases: Mapping[str, Sequence[str]] = {}
+    session: SessionLike,
+    model: str,
+    wanted: Mapping[str, TensorSpec],
+    aliases: Mapping[str, Sequence[str]] = {},
 ) -> dict[str, Port]:
     """Map each wanted role to one of the session's inputs, by name (or alias), else by position.
 

@@ -51,7 +51,10 @@ class OnnxInswapper:
         ports = bind_inputs(
             session,
             model,
-            {"target": TensorSpec((None, 3, MODEL_SIZE, MODEL_SIZE), fp), "source": TensorSpec((None, 512), fp)},
+            {
+                "target": TensorSpec((None, 3, MODEL_SIZE, MODEL_SIZE), fp),
+                "source": TensorSpec((None, 512), fp),
+            },
         )
         check_outputs(session, model, 1)
         self._target, self._source = ports["target"], ports["source"]
@@ -94,7 +97,9 @@ class InswapperSwapper:
 
     def prepare(self, image: np.ndarray, face: Face) -> SourceFace:
         latent = emap_latent(self.embedder.raw(image, face.landmarks_5), self.emap)
-        return SourceFace(face=face, image=np.zeros((0, 0, 3), np.uint8), origin=np.zeros(2, np.float32), latent=latent)
+        return SourceFace(
+            face=face, image=np.zeros((0, 0, 3), np.uint8), origin=np.zeros(2, np.float32), latent=latent
+        )
 
     def swap(self, frame: np.ndarray, target: Face, source: SourceFace) -> np.ndarray:
         if source.latent is None:
@@ -106,5 +111,12 @@ class InswapperSwapper:
             return to_rgb_uint8(self.net.run(x, latent)[0])
 
         return swap_crop(
-            frame, target, run, template=TEMPLATE, model_size=MODEL_SIZE, crop_size=self.crop_size, masks=self.masks, keep_detail=self.keep_detail
+            frame,
+            target,
+            run,
+            template=TEMPLATE,
+            model_size=MODEL_SIZE,
+            crop_size=self.crop_size,
+            masks=self.masks,
+            keep_detail=self.keep_detail,
         )

@@ -70,7 +70,9 @@ class SimSwapSwapper:
 
     def prepare(self, image: np.ndarray, face: Face) -> SourceFace:
         latent = simswap_latent(self.embedder.raw(image, face.landmarks_5), self.converter)
-        return SourceFace(face=face, image=np.zeros((0, 0, 3), np.uint8), origin=np.zeros(2, np.float32), latent=latent)
+        return SourceFace(
+            face=face, image=np.zeros((0, 0, 3), np.uint8), origin=np.zeros(2, np.float32), latent=latent
+        )
 
     def swap(self, frame: np.ndarray, target: Face, source: SourceFace) -> np.ndarray:
         if source.latent is None:
@@ -83,6 +85,12 @@ class SimSwapSwapper:
             return to_rgb_uint8(np.asarray(out)[0])
 
         return swap_crop(
-            frame, target, run, template=TEMPLATE, model_size=self.model_size, crop_size=self.crop_size,
-            masks=self.masks, keep_detail=self.keep_detail,
+            frame,
+            target,
+            run,
+            template=TEMPLATE,
+            model_size=self.model_size,
+            crop_size=self.crop_size,
+            masks=self.masks,
+            keep_detail=self.keep_detail,
         )
