@@ -124,7 +124,7 @@ def arcface(weights: np.ndarray) -> onnx.ModelProto:
 
 
 def fan68(points64: np.ndarray, peak: float = 0.9) -> onnx.ModelProto:
-    """'input' [1,3,256,256] -> (1,68,3) the given points (64 px heatmap frame), heatmaps peaking at `peak`."""
+    """'input' [1,3,256,256] -> (1,68,3) the given points; heatmaps peak at `peak`."""
     x = helper.make_tensor_value_info("input", F32, [1, 3, 256, 256])
     y0 = helper.make_tensor_value_info("landmarks", F32, [1, 68, 3])
     y1 = helper.make_tensor_value_info("heatmaps", F32, [1, 68, 64, 64])

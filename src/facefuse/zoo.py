@@ -6,6 +6,7 @@ into loaded objects using a SessionPool, so every ONNX model is opened once and 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -87,8 +88,8 @@ class ModelChoice:
         )
 
     def key(self) -> dict:
-        """What decides the output (for resumable jobs)."""
-        return dict(self.__dict__)
+        """What decides the output, as plain JSON (a resumable job compares it with its manifest)."""
+        return json.loads(json.dumps(self.__dict__))
 
 
 @dataclass
