@@ -120,9 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "--reference-distance",
         type=float,
-        default=0.6,
+        default=None,
         metavar="D",
-        help="descriptor distance under which a face counts as the reference person (default 0.6)",
+        help="descriptor distance under which a face counts as the reference person (default: the "
+        "recogniser's own, 0.6 for dlib, 1.10 for arcface_w600k_r50)",
     )
     sel.add_argument(
         "--min-face",
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     add_video_arguments(swap)
+    from facefuse.cli_zoo import add_zoo_arguments
+
+    add_zoo_arguments(swap)
     swap.set_defaults(func=cmd_swap)
 
     inspect = sub.add_parser(
@@ -278,9 +282,15 @@ def cmd_swap(args: argparse.Namespace) -> int:
         index=args.index,
         reference_distance=args.reference_distance,
     )
+    from facefuse.cli_zoo import pipeline_options
+
     timings = Timings()
     with timings.stage("load_models"):
-        pipe = Pipeline(detector=DetectorSettings(min_face=args.min_face), max_pixels=args.max_pixels)
+        pipe = Pipeline(
+            detector=DetectorSettings(min_face=args.min_face),
+            max_pixels=args.max_pixels,
+            **pipeline_options(args),
+        )
     with timings.stage("read"):
         target = pipe.load(args.target)
     with timings.stage("source"):
@@ -288,7 +298,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
         reference = pipe.reference(args.reference_face) if args.reference_face else None
         people = [(pipe.source(src), pipe.reference(ref)) for src, ref in maps]
     result = pipe.run(source, target, selection, reference=reference, people=people, timings=timings)
-    check_result(result, selection, args.target)
+    check_result(result, selection.resolved(pipe.analyser.same_person), args.target)
     with timings.stage("write"):
         write_image(
             result.image, output, source_type=pipe.swapper.digital_source_type, jpeg_quality=args.jpeg_quality

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -102,7 +103,13 @@ def _load(args: argparse.Namespace, maps: Sequence[tuple[str, str]]) -> tuple[An
         index=args.index,
         reference_distance=args.reference_distance,
     )
-    pipe = Pipeline(detector=DetectorSettings(min_face=args.min_face), max_pixels=args.max_pixels)
+    from facefuse.cli_zoo import pipeline_options
+
+    pipe = Pipeline(
+        detector=DetectorSettings(min_face=args.min_face),
+        max_pixels=args.max_pixels,
+        **pipeline_options(args),
+    )
     source = pipe.source(args.source) if args.source else None
     reference = pipe.reference(args.reference_face) if args.reference_face else None
     people = [(pipe.source(src), pipe.reference(ref)) for src, ref in maps]
@@ -184,7 +191,11 @@ def _whole_video(
         "maps": [[file_fingerprint(Path(s)), file_fingerprint(Path(r))] for s, r in maps],
         "selection": [args.mode, args.order, args.index, args.reference_distance, args.min_face],
         "swapper": pipe.swapper.name,
+        "models": pipe.models.key(),
     }
+    if pipe.models.learned:
+        # onnxruntime's thread pools do not survive a fork: learned models run in this one process.
+        options = dataclasses.replace(options, workers=1)
     job = VideoJob(
         info=info,
         output=output,

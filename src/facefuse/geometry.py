@@ -104,29 +104,58 @@ def align_crop(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
 
 
+def _footprint(frame_shape: tuple[int, ...], size: tuple[int, int], inv: np.ndarray):
+    """The frame box an inverse-warped crop can touch (1 px margin), or None when it misses the frame."""
+    h, w = frame_shape[:2]
+    corners = np.array([[0, 0], [size[0], 0], [0, size[1]], [size[0], size[1]]], np.float32)
+    box = transform_points(corners, inv)
+    x0, y0 = np.floor(box.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(box.max(0)).astype(int) + 1
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    local = inv.copy()
+    local[:, 2] -= (x0, y0)
+    return (slice(y0, y1), slice(x0, x1)), local, (x1 - x0, y1 - y0)
+
+
 def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Blend an aligned crop back into the frame through a float mask given in crop coordinates.
 
     Only the bounding box of the mask's footprint is touched; every pixel where the warped mask is 0
     keeps the frame's exact value.
     """
-    h, w = frame.shape[:2]
-    size = crop.shape[1], crop.shape[0]
-    corners = np.array([[0, 0], [size[0], 0], [0, size[1]], [size[0], size[1]]], np.float32)
-    inv = invert(matrix)
-    box = transform_points(corners, inv)
-    x0, y0 = np.floor(box.min(0)).astype(int) - 1
-    x1, y1 = np.ceil(box.max(0)).astype(int) + 1
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if x1 <= x0 or y1 <= y0:
+    place = _footprint(frame.shape, (crop.shape[1], crop.shape[0]), invert(matrix))
+    if place is None:
         return frame
-    local = inv.copy()
-    local[:, 2] -= (x0, y0)
-    region = (slice(y0, y1), slice(x0, x1))
-    warped = cv2.warpAffine(crop, local, (x1 - x0, y1 - y0), flags=cv2.INTER_CUBIC, borderValue=0)
-    alpha = cv2.warpAffine(mask.astype(np.float32), local, (x1 - x0, y1 - y0), borderValue=0)
+    region, local, dsize = place
+    warped = cv2.warpAffine(crop, local, dsize, flags=cv2.INTER_CUBIC, borderValue=0)
+    alpha = cv2.warpAffine(mask.astype(np.float32), local, dsize, borderValue=0)
     out = frame.copy()
     out[region] = blend(frame[region], warped, alpha)
+    return out
+
+
+def paste_change(
+    frame: np.ndarray, before: np.ndarray, after: np.ndarray, matrix: np.ndarray, mask: np.ndarray
+) -> np.ndarray:
+    """Add what a model changed in a crop (`after - before`) to the frame, through a crop-space mask.
+
+    Unlike `paste_back`, the frame's own detail finer than the crop's resolution stays: a 128 px model
+    replaces what it could see of a 400 px face, not the skin texture and grain it never saw. A model
+    that changes nothing leaves the frame exactly as it was. Pixels where the mask is 0 are untouched.
+    """
+    place = _footprint(frame.shape, (after.shape[1], after.shape[0]), invert(matrix))
+    if place is None:
+        return frame
+    region, local, dsize = place
+    delta = after.astype(np.float32) - before.astype(np.float32)
+    warped = cv2.warpAffine(delta, local, dsize, flags=cv2.INTER_CUBIC, borderValue=0)
+    alpha = np.clip(cv2.warpAffine(mask.astype(np.float32), local, dsize, borderValue=0), 0.0, 1.0)[..., None]
+    base = frame[region]
+    mixed = np.clip(base.astype(np.float32) + alpha * warped + 0.5, 0, 255).astype(np.uint8)
+    out = frame.copy()
+    out[region] = np.where(alpha > 0, mixed, base)
     return out
 
 
@@ -136,3 +165,46 @@ def blend(base: np.ndarray, top: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     mixed = base.astype(np.float32) * (1.0 - a) + top.astype(np.float32) * a
     mixed = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
     return np.where(a > 0, mixed, base)
+
+
+# The 5-point alignment templates the learned models were trained with, normalised to a unit crop
+# (multiply by the crop size). arcface_128 is the 112 template at the same scale with 8 px more on
+# each side and 16 px more below; ffhq_512 is the facexlib template of GFPGAN/CodeFormer/GPEN.
+TEMPLATES = {
+    "arcface_112_v2": ARCFACE_112 / 112.0,
+    "arcface_128": (ARCFACE_112 + np.array([8.0, 0.0], np.float32)) / 128.0,
+    "arcface_112_v1": np.array(
+        [[0.35473214, 0.45658929], [0.64526786, 0.45658929], [0.5, 0.61154464],
+         [0.37913393, 0.776875], [0.62086607, 0.776875]], np.float32,
+    ),
+    "ffhq_512": np.array(
+        [[0.37691676, 0.46864664], [0.62285697, 0.46912813], [0.50123859, 0.61331904],
+         [0.39308822, 0.72541100], [0.61150205, 0.72490465]], np.float32,
+    ),
+    "mtcnn_512": np.array(
+        [[0.36562865, 0.46733799], [0.63305391, 0.46585885], [0.50019127, 0.61942959],
+         [0.39032951, 0.77598822], [0.61178945, 0.77476328]], np.float32,
+    ),
+}  # fmt: skip
+
+
+def template_matrix(five: np.ndarray, template: str, size: int) -> np.ndarray:
+    """Image -> crop transform putting a face's 5 points on a named template at `size` px (least squares)."""
+    return similarity(five, TEMPLATES[template] * float(size))
+
+
+def warp_crop(image: np.ndarray, five: np.ndarray, template: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(crop, image->crop matrix). A face larger than the crop is cut out at an integer multiple of
+    the size and area-averaged down, so it does not alias (warpAffine has no area filter)."""
+    m = template_matrix(five, template, size)
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    k = int(min(4, np.ceil(1.0 / scale))) if scale < 0.9 else 1
+    # Big pixel k c + (k - 1) / 2 is the centre of the k x k block that averages into crop pixel c.
+    big = m * np.float32(k)
+    big[:, 2] += (k - 1) / 2.0
+    crop = cv2.warpAffine(
+        image, big, (size * k, size * k), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
+    )
+    if k > 1:
+        crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    return crop, m

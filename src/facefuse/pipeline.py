@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -22,9 +23,17 @@ from facefuse.analysis.select import Mode, Selection, assign_people, select_face
 from facefuse.errors import NoMatch, NoSourceFace, NoTargetFace
 from facefuse.media import read_image
 from facefuse.media.image import DEFAULT_MAX_PIXELS
+from facefuse.models.sessions import SessionPool
 from facefuse.swap import MeshSettings, MeshSwapper, SourceFace, Swapper
+from facefuse.zoo import ModelChoice, Zoo
 
 ImageLike = str | Path | np.ndarray
+
+
+class Enhancer(Protocol):
+    name: str
+
+    def enhance(self, frame: np.ndarray, face: Face) -> np.ndarray: ...
 
 
 @dataclass
@@ -90,10 +99,39 @@ class Pipeline:
         detector: DetectorSettings | None = None,
         mesh: MeshSettings | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        models: ModelChoice | None = None,
+        pool: SessionPool | None = None,
+        enhancer: Enhancer | None = None,
     ) -> None:
-        self.analyser = FaceAnalyser(detector)
-        self.swapper: Swapper = swapper or MeshSwapper(mesh)
+        """`models` picks learned models by name (see facefuse.zoo.ModelChoice), opened through `pool`
+        (default: a CPU pool over the default models folder); `swapper` and `enhancer` objects, when
+        given, take the place of the chosen ones."""
+        self.models = models or ModelChoice()
+        if self.models.learned and pool is None:
+            from facefuse.models import ModelStore, default_models_dir, default_registry
+
+            pool = SessionPool(ModelStore(default_registry(), default_models_dir()))
+        self.pool = pool
+        if pool is None:
+            self.analyser = FaceAnalyser(detector)
+            self.swapper: Swapper = swapper or MeshSwapper(mesh)
+            self.enhancer = enhancer
+        else:
+            zoo = Zoo(pool, self.models)
+            recogniser = zoo.recogniser()
+            self.analyser = FaceAnalyser(
+                zoo.detector(detector), landmarker=zoo.landmarker(), recogniser=recogniser
+            )
+            self.swapper = swapper or zoo.swapper(recogniser, mesh)
+            self.enhancer = enhancer if enhancer is not None else zoo.enhancer()
         self.max_pixels = max_pixels
+
+    def swap_face(self, frame: np.ndarray, face: Face, source: Identity) -> np.ndarray:
+        """One face swapped, then restored when an enhancer is chosen."""
+        out = self.swapper.swap(frame, face, source.prepared)
+        if self.enhancer is not None:
+            out = self.enhancer.enhance(out, face)
+        return out
 
     def load(self, image: ImageLike) -> np.ndarray:
         if isinstance(image, np.ndarray):
@@ -141,7 +179,7 @@ class Pipeline:
         faces are claimed first, and `source` (if given) then goes to the remaining faces chosen by
         `selection`.
         """
-        selection = selection or Selection()
+        selection = (selection or Selection()).resolved(self.analyser.same_person)
         timings = timings or Timings()
         needs_identity = bool(people) or selection.mode is Mode.REFERENCE
         with timings.stage("analyse"):
@@ -159,7 +197,7 @@ class Pipeline:
         out = target
         with timings.stage("swap"):
             for face, ident in plan:
-                out = self.swapper.swap(out, face, ident.prepared)
+                out = self.swap_face(out, face, ident)
         return SwapResult(out, len(faces), len(plan), [f for f, _ in plan], timings)
 
     def swap_image(
@@ -175,7 +213,7 @@ class Pipeline:
         ref = self.reference(reference) if reference is not None else None
         result = self.run(ident, self.load(target), selection, reference=ref)
         name = str(target) if not isinstance(target, np.ndarray) else "target image"
-        check_result(result, selection or Selection(), name)
+        check_result(result, (selection or Selection()).resolved(self.analyser.same_person), name)
         return result.image
 
 

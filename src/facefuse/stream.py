@@ -46,7 +46,7 @@ class FrameSwapper:
     ) -> None:
         self.pipeline = pipeline
         self.source = source
-        self.selection = selection or Selection()
+        self.selection = (selection or Selection()).resolved(pipeline.analyser.same_person)
         self.reference = reference
         self.people = list(people)
         if self.selection.mode is Mode.REFERENCE and reference is None and source is not None:
@@ -81,7 +81,7 @@ class FrameSwapper:
         out = frame
         with timings.stage("swap"):
             for track, ident in plan:
-                out = self.pipeline.swapper.swap(out, track.face, ident.prepared)
+                out = self.pipeline.swap_face(out, track.face, ident)
         return FrameResult(out, len(tracks), len(plan), [tr.id for tr, _ in plan])
 
     @property

@@ -8,6 +8,7 @@ the largest face first tries a coarse scale and stops as soon as that finds one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import dlib
@@ -20,6 +21,19 @@ HOG_WINDOW = 80
 class Detection:
     box: np.ndarray  # x0, y0, x1, y1 in image pixels (float32)
     score: float
+    landmarks_5: np.ndarray | None = None  # (5, 2) eyes, nose, mouth corners, where the detector gives them
+
+
+class Detector(Protocol):
+    """What FaceAnalyser and the tracker need from a detector."""
+
+    name: str
+    # The threshold for a check where a face is already expected (the tracker's crop check): lenient.
+    lenient: float
+
+    def detect(self, image: np.ndarray, largest_only: bool = False) -> list[Detection]: ...
+
+    def run(self, image: np.ndarray, scale: float, threshold: float | None = None) -> list[Detection]: ...
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,9 @@ class DetectorSettings:
 
 
 class HogDetector:
+    name = "hog"
+    lenient = -0.5  # dlib SVM margin
+
     def __init__(self, settings: DetectorSettings | None = None) -> None:
         self.settings = settings or DetectorSettings()
         self._detector = dlib.get_frontal_face_detector()

@@ -4,17 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import dlib
 import numpy as np
+
+from facefuse.analysis.face import Face
 
 # dlib's own rule of thumb for this descriptor: under 0.6 is usually the same person.
 SAME_PERSON = 0.6
 
 
+class Recogniser(Protocol):
+    """Identity descriptors. Distances are Euclidean; each recogniser says what distance is one person."""
+
+    name: str
+    same_person: float  # the default reference distance
+    same_track: float  # a new track this close to a lost one takes back its id
+
+    def describe(self, image: np.ndarray, face: Face) -> np.ndarray: ...
+
+
 class DlibRecogniser:
+    name = "dlib"
+    same_person = SAME_PERSON
+    same_track = 0.5
+
     def __init__(self, model_path: Path) -> None:
         self._model = dlib.face_recognition_model_v1(str(model_path))
+
+    def describe(self, image: np.ndarray, face: Face) -> np.ndarray:
+        return self(image, face.box, face.landmarks_68)
 
     def __call__(self, image: np.ndarray, box: np.ndarray, points: np.ndarray) -> np.ndarray:
         x0, y0, x1, y1 = (int(round(float(v))) for v in box)

@@ -8,7 +8,7 @@ give each recognised person their own source.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -54,7 +54,12 @@ class Selection:
     mode: Mode = Mode.ONE
     order: Order = Order.LARGE_SMALL
     index: int | None = None  # pick one face by position after ordering (negative counts from the end)
-    reference_distance: float = 0.6
+    # Descriptor distance under which a face is the reference person. None: the recogniser's own
+    # (0.6 for dlib's 128-D descriptors, 1.10 for ArcFace's unit 512-D ones); Pipeline fills it in.
+    reference_distance: float | None = None
+
+    def resolved(self, same_person: float) -> Selection:
+        return self if self.reference_distance is not None else replace(self, reference_distance=same_person)
 
     @property
     def needs_all_faces(self) -> bool:
@@ -69,7 +74,8 @@ def select_faces(
     if selection.mode is Mode.REFERENCE:
         if reference is None:
             raise ValueError("reference mode needs a reference descriptor")
-        ordered = [f for f in ordered if f.distance(reference) <= selection.reference_distance]
+        limit = selection.reference_distance if selection.reference_distance is not None else 0.6
+        ordered = [f for f in ordered if f.distance(reference) <= limit]
     if selection.index is not None:
         i = selection.index
         return [ordered[i]] if -len(ordered) <= i < len(ordered) else []

@@ -29,14 +29,8 @@ import numpy as np
 from facefuse.analysis.analyser import FaceAnalyser
 from facefuse.analysis.detect import HOG_WINDOW, Detection
 from facefuse.analysis.face import Face
-from facefuse.analysis.landmarks import head_pose
+from facefuse.analysis.landmarks import DETECTOR_BOX_CENTRE, DETECTOR_BOX_SIZE, detector_box, head_pose
 from facefuse.geometry import TEMPLATE_68, five_from_68, invert, similarity, transform_points
-
-# Where dlib's HOG detector puts its box relative to the 68 points, in template units (eye
-# distances; TEMPLATE_68's frame): the median over the test photos and the Hamilton clip. The shape
-# predictor was trained on such boxes, so boxes placed like this give it the input it expects.
-DETECTOR_BOX_CENTRE = np.array([0.0, 0.355], np.float32)
-DETECTOR_BOX_SIZE = 1.78
 
 
 class OneEuroFilter:
@@ -94,12 +88,15 @@ class TrackerSettings:
     max_long_side: int = 2000  # the fine pass never upsamples past this: its cost grows with area
     iou_match: float = 0.3  # box overlap for a detection to belong to a track
     descriptors: bool = False  # compute a descriptor when a track is born (~70 ms, once a track)
-    descriptor_match: float = 0.5  # a newborn this close to a recently lost track takes back its id
+    # A newborn this close to a recently lost track takes back its id (None: the recogniser's own).
+    descriptor_match: float | None = None
     memory: float = 2.0  # seconds a lost track can be taken back
     max_missed: int = 3  # frames a track may go unconfirmed before it is dropped
     verify_every: int = 1  # frames between crop checks of each track (1: every frame)
     verify_size: int = 88  # detector box size (px) in the aligned check crop; the HOG window is 80
-    verify_threshold: float = -0.5  # dlib margin for the crop check: lenient, the place is known
+    # Detector threshold for the crop check: lenient, the place is known (None: the detector's own,
+    # -0.5 dlib margin for HOG).
+    verify_threshold: float | None = None
     cut_histogram: float = 0.25  # colour-histogram change (0..1) that, with `cut_pixels`, marks a cut
     cut_pixels: float = 15.0  # mean change of a 32x18 thumbnail (0..255)
     # One Euro filters (see LandmarkSmoother), speeds in eye distances per second. Under fast motion
@@ -178,14 +175,6 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     inter = ix * iy
     union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
     return inter / union if union > 0 else 0.0
-
-
-def detector_box(points: np.ndarray) -> np.ndarray:
-    """The box dlib's detector would most likely give a face with these landmarks (x0, y0, x1, y1)."""
-    m = similarity(TEMPLATE_68, points)
-    centre = transform_points(DETECTOR_BOX_CENTRE[None], m)[0]
-    half = 0.5 * DETECTOR_BOX_SIZE * float(np.hypot(m[0, 0], m[1, 0]))
-    return np.array([centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half], np.float32)
 
 
 def _mostly_inside(box: np.ndarray, shape: tuple[int, ...]) -> bool:
@@ -308,7 +297,8 @@ class FaceTracker:
         a, size = _verify_crop(points, st.verify_size)
         crop = cv2.warpAffine(frame, a, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         # A face of about the expected size near the middle: anything else is not this track.
-        for det in self.analyser.detector.run(crop, 1.0, st.verify_threshold):
+        threshold = self.analyser.detector.lenient if st.verify_threshold is None else st.verify_threshold
+        for det in self.analyser.detector.run(crop, 1.0, threshold):
             offset = np.abs((det.box[:2] + det.box[2:]) / 2 - size / 2).max()
             width = float(det.box[2] - det.box[0])
             if offset < 0.25 * st.verify_size and 0.7 < width / st.verify_size < 1.45:
@@ -369,7 +359,7 @@ class FaceTracker:
         for lost in self._lost:
             if face.descriptor is not None and lost.descriptor is not None:
                 d = float(np.linalg.norm(face.descriptor - lost.descriptor))
-                ok = d <= st.descriptor_match
+                ok = d <= (self.analyser.same_track if st.descriptor_match is None else st.descriptor_match)
             else:
                 d = 1.0 - box_iou(face.box, lost.box)
                 ok = not lost.after_cut and d <= 1.0 - st.iou_match

@@ -186,6 +186,17 @@ _SPECS = (
         size=None,
         licence="non-commercial research only (SimSwap, Neostar)",
     ),
+    ModelSpec(
+        # SimSwap's identity input: FaceFusion's converter from w600k_r50 embeddings to SimSwap's ArcFace.
+        name="arcface_converter_simswap",
+        purpose="recogniser",
+        family="arcface_converter",
+        filename="arcface_converter_w600k_r50_simswap.onnx",
+        url=f"{_FF}/models-3.0.0/arcface_converter_w600k_r50_simswap.onnx",
+        sha256=None,  # no published SHA-256 found
+        size=None,
+        licence="MIT (facefusion-labs embedding converter)",
+    ),
     # --- enhancers --------------------------------------------------------------------------------
     ModelSpec(
         name="gfpgan_1.4",

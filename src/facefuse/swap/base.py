@@ -18,6 +18,7 @@ class SourceFace:
     image: np.ndarray  # RGB uint8: the source image, or a crop of it around the face
     origin: np.ndarray  # (x, y) of `image`'s top-left corner in the original source image
     descriptor: np.ndarray | None = None  # the identity to match or report against
+    latent: np.ndarray | None = None  # a learned swapper's identity input (e.g. inswapper's emap latent)
 
 
 class Swapper(Protocol):
