@@ -612,6 +612,18 @@ def _public(request: Request, job: Job) -> dict[str, Any]:
     return job.public(f"/v1/jobs/{job.id}/result")
 
 
+def _check_names(uploads: list[UploadFile]) -> None:
+    """Refuse file names that try to name a place. Names are never used (storage keys are the
+    server's), but a client sending one is misbehaving, and saying so beats silently ignoring it."""
+    for upload in uploads:
+        name = upload.filename or ""
+        parts = re.split(r"[/\\]", name)
+        if len(name) > 255 or "\x00" in name or len(parts) > 1 or ".." in parts:
+            raise ApiError(
+                422, "invalid_filename", f"file name {name[:80]!r}: must be a plain name, not a path"
+            )
+
+
 def _check_selection(opts: JobOptions, reference: UploadFile | None) -> None:
     if opts.mode is Mode.REFERENCE and reference is None and opts.reference_face_index is None:
         raise ApiError(
@@ -629,6 +641,7 @@ def _accept(
 ) -> Job:
     """Check every upload, then store them under server keys; nothing is left behind on error."""
     settings = svc.settings
+    _check_names([*sources, target, *([reference] if reference else [])])
     _check_selection(opts, reference)
     kind = sniff_file(target.file)
     is_video = kind is not None and kind not in IMAGE_TYPES
@@ -693,6 +706,7 @@ def _swap_now(
     from facefuse.service.runner import _reference_from_target
 
     settings = svc.settings
+    _check_names([*sources, target, *([reference] if reference else [])])
     _check_selection(opts, reference)
     if opts.output_format == "mp4" or opts.video_only_given():
         raise ApiError(422, "invalid_options", "/v1/swap takes images only; submit videos to /v1/jobs")
