@@ -171,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     demo.set_defaults(func=cmd_demo)
 
-    from facefuse import cli_models
+    from facefuse import cli_models, cli_service
 
     cli_models.add_parser(sub)
+    cli_service.add_parser(sub)
     return parser
 
 

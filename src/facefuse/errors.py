@@ -31,6 +31,9 @@ class ExitCode(IntEnum):
     MODEL_CORRUPT = 22  # a model file is truncated, the wrong size, or not a loadable ONNX model
     MODEL_UNKNOWN = 23  # no model of that name in the registry
     MODEL_DOWNLOAD_FAILED = 24  # network or server error during `facefuse models download`
+    # Service (30-39)
+    SERVICE_CONFIG = 30  # `facefuse serve`: unworkable settings (e.g. a non-local host, no API keys)
+    SERVICE_DATA_DIR = 31  # `facefuse serve`: the data folder cannot be created or written
     INTERRUPTED = 130
 
 
@@ -55,6 +58,8 @@ EXIT_CODE_HELP = {
     ExitCode.MODEL_CORRUPT: "a model file is truncated, the wrong size, or not a valid ONNX model",
     ExitCode.MODEL_UNKNOWN: "no model of that name (see `facefuse models list`)",
     ExitCode.MODEL_DOWNLOAD_FAILED: "a model download failed (rerun to resume it)",
+    ExitCode.SERVICE_CONFIG: "serve: the settings cannot work (e.g. a non-local --host without API keys)",
+    ExitCode.SERVICE_DATA_DIR: "serve: the data folder cannot be created or written",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); nothing was written at the output path",
 }
 
@@ -142,3 +147,11 @@ class UnknownModel(ModelError):
 
 class ModelDownloadFailed(ModelError):
     exit_code = ExitCode.MODEL_DOWNLOAD_FAILED
+
+
+class ServiceConfigError(FacefuseError):
+    exit_code = ExitCode.SERVICE_CONFIG
+
+
+class ServiceDataDirError(FacefuseError):
+    exit_code = ExitCode.SERVICE_DATA_DIR
