@@ -25,6 +25,8 @@ class ExitCode(IntEnum):
     NO_VIDEO_STREAM = 12  # a media file with no video stream (e.g. audio only)
     EMPTY_VIDEO = 13  # a video stream with no decodable frames (in the trimmed range)
     RESUME_MISMATCH = 14  # --resume found the work of a different job
+    SERVICE_CONFIG = 30  # `facefuse serve`: unworkable settings (e.g. a non-local host, no API keys)
+    SERVICE_DATA_DIR = 31  # `facefuse serve`: the data folder cannot be created or written
     INTERRUPTED = 130
 
 
@@ -44,6 +46,8 @@ EXIT_CODE_HELP = {
     ExitCode.NO_VIDEO_STREAM: "the target video has no video stream (e.g. an audio-only file)",
     ExitCode.EMPTY_VIDEO: "the target video has no frames (zero length, all broken, or trimmed away)",
     ExitCode.RESUME_MISMATCH: "--resume found unfinished work of a different job (input or options changed)",
+    ExitCode.SERVICE_CONFIG: "serve: the settings cannot work (e.g. a non-local --host without API keys)",
+    ExitCode.SERVICE_DATA_DIR: "serve: the data folder cannot be created or written",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); nothing was written at the output path",
 }
 
@@ -107,3 +111,11 @@ class ResumeMismatch(FacefuseError):
 
 class Interrupted(FacefuseError):
     exit_code = ExitCode.INTERRUPTED
+
+
+class ServiceConfigError(FacefuseError):
+    exit_code = ExitCode.SERVICE_CONFIG
+
+
+class ServiceDataDirError(FacefuseError):
+    exit_code = ExitCode.SERVICE_DATA_DIR
