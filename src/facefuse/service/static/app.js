@@ -642,6 +642,20 @@ async function poll() {
   }
 }
 
+// The runner's stage names, in words; an unknown stage is shown as it comes.
+const STAGES = {
+  queued: "Waiting for a worker",
+  decode: "Reading the photo",
+  probe: "Reading the video",
+  analyse: "Finding faces",
+  swap: "Swapping faces",
+  write: "Writing and signing the result",
+  encode: "Encoding",
+  mux: "Putting the video together",
+  sign: "Signing the result",
+  done: "Done",
+};
+
 function titleCase(text) {
   const t = String(text || "").replace(/[_-]+/g, " ").trim();
   return t ? t[0].toUpperCase() + t.slice(1) : "";
@@ -651,7 +665,7 @@ function showProgress(job) {
   $("progress-card").hidden = false;
   const p = job.progress || {};
   const bar = $("progress");
-  let stage = job.status === "queued" ? "Waiting for a worker" : titleCase(p.stage) || "Working";
+  let stage = job.status === "queued" ? STAGES.queued : STAGES[p.stage] || titleCase(p.stage) || "Working";
   if (job.status === "done") stage = "Done";
   if (job.status === "failed") stage = "Failed";
   if (job.status === "cancelled") stage = "Cancelled";
@@ -659,14 +673,14 @@ function showProgress(job) {
   $("progress-stage").textContent = stage;
   const parts = [];
   if (job.kind === "video" && p.frames_total > 0) parts.push(`${p.frames_done ?? 0} / ${p.frames_total} frames`);
-  if (typeof p.fraction === "number") parts.push(`${Math.round(100 * p.fraction)}%`);
+  if (p.frames_total > 1 && typeof p.fraction === "number") parts.push(`${Math.round(100 * p.fraction)}%`);
   if (job.status === "running" && typeof p.eta_s === "number") parts.push(`about ${formatDuration(p.eta_s)} left`);
   if (job.status === "done" && job.started_at && job.finished_at) {
     parts.push(`took ${formatDuration((Date.parse(job.finished_at) - Date.parse(job.started_at)) / 1000)}`);
   }
   $("progress-detail").textContent = parts.join(" · ");
   if (job.status === "done") bar.value = 1;
-  else if (typeof p.fraction === "number" && job.status === "running") bar.value = p.fraction;
+  else if (job.status === "running" && p.frames_total > 1 && typeof p.fraction === "number") bar.value = p.fraction;
   else if (job.status === "running" || job.status === "queued") bar.removeAttribute("value");
   $("progress-card").dataset.status = job.status;
 }
