@@ -95,7 +95,8 @@ const api = {
 const state = {
   sources: [], // {id, file, url, faces: null | number | "error"}
   target: null, // {file, url, kind: "image" | "video"}
-  faces: null, // POST /v1/faces answer for the target
+  faces: null, // POST /v1/faces answer for the target image, or for a paused frame of a target video
+  frame: null, // {canvas, url}: the video frame the faces were found in
   facesPending: false,
   selection: { mode: "default" }, // default | all | face (with index)
   caps: {},
@@ -334,7 +335,8 @@ function jobOptions() {
   if (sel.mode === "all") options.mode = "many";
   if (sel.mode === "face") {
     options.mode = "reference";
-    options.reference_face_index = sel.index;
+    // A target image's faces are numbered by the server; a video's chosen face goes as a photo.
+    if (!sel.reference) options.reference_face_index = sel.index;
   }
   return options;
 }
@@ -442,6 +444,7 @@ function setTarget(file) {
     state.faces = null;
     renderFaces();
   }
+  showFrame(false);
   fillOptions();
   updateStart();
 }
@@ -451,6 +454,7 @@ function clearTarget() {
   state.target = null;
   state.faces = null;
   state.selection = { mode: "default" };
+  dropFrame();
   $("target-img").removeAttribute("src");
   $("target-video").removeAttribute("src");
   $("target-view").hidden = true;
@@ -460,7 +464,7 @@ function clearTarget() {
   updateStart();
 }
 
-async function findFaces() {
+async function findFaces(image = null, name = null) {
   const target = state.target;
   state.facesPending = true;
   $("faces-card").hidden = false;
@@ -469,7 +473,7 @@ async function findFaces() {
   $("target-stage").classList.add("scanning");
   updateStart();
   const body = new FormData();
-  body.append("image", target.file);
+  body.append("image", image || target.file, name || target.file.name);
   try {
     const answer = await api.json("/v1/faces", { method: "POST", body });
     if (state.target !== target) return;
@@ -477,8 +481,8 @@ async function findFaces() {
   } catch (err) {
     if (state.target !== target) return;
     state.faces = null;
-    $("faces-card").hidden = true;
-    showError(err, findFaces);
+    if (target.kind === "image") $("faces-card").hidden = true;
+    showError(err, () => findFaces(image, name));
   } finally {
     if (state.target === target) {
       state.facesPending = false;
@@ -516,24 +520,33 @@ function renderFaces() {
     return b;
   };
 
-  if (target.kind === "video") {
-    status.textContent = "Video: choose the largest face in each frame, or every face.";
+  const video = target.kind === "video";
+  const faces = state.faces?.faces;
+  if (video && !(state.frame && faces)) {
+    status.textContent =
+      "Video: the largest face in every frame, or all faces. To replace one person only, pause where they appear and pick their face in that frame.";
     chip("Largest face", { mode: "default" }, sel.mode === "default");
     chip("All faces", { mode: "all" }, sel.mode === "all");
     return;
   }
-  const faces = state.faces?.faces;
   if (!faces) return;
   if (faces.length === 0) {
-    status.textContent = "No face found in the target. Try a larger or sharper photo.";
+    status.textContent = video
+      ? "No face found in this frame. Try another frame."
+      : "No face found in the target. Try a larger or sharper photo.";
+    if (video) {
+      chip("Largest face", { mode: "default" }, sel.mode === "default");
+      chip("All faces", { mode: "all" }, sel.mode === "all");
+    }
     return;
   }
-  status.textContent =
-    faces.length === 1
+  status.textContent = video
+    ? "Click a face to replace only that person throughout the video."
+    : faces.length === 1
       ? "One face found."
       : `${faces.length} faces found. Click a face to replace only that person, or pick all of them.`;
   chip("Largest face", { mode: "default" }, sel.mode === "default");
-  if (faces.length > 1) chip(`All ${faces.length} faces`, { mode: "all" }, sel.mode === "all");
+  if (faces.length > 1 || video) chip(video ? "All faces" : `All ${faces.length} faces`, { mode: "all" }, sel.mode === "all");
   const { width, height } = state.faces;
   faces.forEach((face, i) => {
     const [x0, y0, x1, y1] = face.box;
@@ -557,17 +570,89 @@ function renderFaces() {
     b.append(tag);
     b.addEventListener("click", () => choose({ mode: "face", index: face.index ?? i }));
     boxes.append(b);
-    if (faces.length > 1) chip(`Only face ${i + 1}`, { mode: "face", index: face.index ?? i }, b.getAttribute("aria-pressed") === "true");
+    if (faces.length > 1 || video) chip(`Only face ${i + 1}`, { mode: "face", index: face.index ?? i }, b.getAttribute("aria-pressed") === "true");
   });
 }
 
 function choose(selection) {
   state.selection = selection;
+  if (selection.mode === "face" && state.target?.kind === "video" && state.frame) {
+    cutReference(selection);
+  }
   renderFaces();
+  updateStart();
   const focusable = document.querySelector(
     selection.mode === "face" ? `.face[data-index="${selection.index}"]` : '.chip[aria-checked="true"]',
   );
   focusable?.focus();
+}
+
+// A video's faces are found in the frame the user paused on: the page grabs that frame (the
+// browser has already decoded it), asks /v1/faces about it, and later sends the chosen face as the
+// job's reference photo.
+async function pickFrame() {
+  const video = $("target-video");
+  if (!video.videoWidth) {
+    showError(new Error("This browser cannot show this video's frames; choose the largest face or all faces."));
+    return;
+  }
+  video.pause();
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  dropFrame();
+  state.frame = { canvas, url: URL.createObjectURL(blob), time: video.currentTime };
+  $("frame-img").src = state.frame.url;
+  state.selection = { mode: "default" };
+  showFrame(true);
+  await findFaces(blob, "frame.png");
+}
+
+function dropFrame() {
+  if (state.frame) URL.revokeObjectURL(state.frame.url);
+  state.frame = null;
+  $("frame-img").removeAttribute("src");
+}
+
+function showFrame(on) {
+  const video = state.target?.kind === "video";
+  $("frame-img").hidden = !(video && on);
+  $("target-video").hidden = !video || on;
+  $("pick-frame").hidden = !video || on;
+  $("back-to-video").hidden = !(video && on);
+  if (video && !on) {
+    $("face-boxes").replaceChildren();
+    state.faces = null;
+    if (state.selection.mode === "face") state.selection = { mode: "default" };
+    dropFrame();
+    renderFaces();
+    updateStart();
+  }
+}
+
+function cutReference(selection) {
+  const face = state.faces.faces.find((f, i) => (f.index ?? i) === selection.index);
+  const { canvas } = state.frame;
+  const [x0, y0, x1, y1] = face.box;
+  // Generous margins: the detector wants some head and background around the face.
+  const m = 0.6 * Math.max(x1 - x0, y1 - y0);
+  const left = Math.max(0, Math.floor(x0 - m));
+  const top = Math.max(0, Math.floor(y0 - m));
+  const right = Math.min(canvas.width, Math.ceil(x1 + m));
+  const bottom = Math.min(canvas.height, Math.ceil(y1 + m));
+  const scale = Math.max(1, 400 / Math.max(right - left, bottom - top));
+  const crop = document.createElement("canvas");
+  crop.width = Math.round((right - left) * scale);
+  crop.height = Math.round((bottom - top) * scale);
+  crop.getContext("2d").drawImage(canvas, left, top, right - left, bottom - top, 0, 0, crop.width, crop.height);
+  crop.toBlob((blob) => {
+    if (state.selection === selection) {
+      selection.reference = blob;
+      updateStart();
+    }
+  }, "image/png");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -577,7 +662,9 @@ function choose(selection) {
 function updateStart() {
   const running = state.job && ["queued", "running"].includes(state.job.status);
   const noFaces = state.target?.kind === "image" && state.faces && state.faces.faces.length === 0;
-  const ready = state.sources.length > 0 && state.target && !state.facesPending && !running && !noFaces;
+  // A face picked in a video frame travels as a reference photo, cut out once chosen.
+  const cutting = state.selection.mode === "face" && state.target?.kind === "video" && !state.selection.reference;
+  const ready = state.sources.length > 0 && state.target && !state.facesPending && !running && !noFaces && !cutting;
   $("start").disabled = !ready;
   $("cancel").hidden = !running;
   let hint = "";
@@ -595,6 +682,9 @@ async function startJob() {
   const body = new FormData();
   for (const s of state.sources) body.append("source", s.file);
   body.append("target", state.target.file);
+  if (state.selection.mode === "face" && state.selection.reference) {
+    body.append("reference", state.selection.reference, "reference.png");
+  }
   const options = jobOptions();
   if (Object.keys(options).length) body.append("options", JSON.stringify(options));
   resetResult();
@@ -868,6 +958,8 @@ function main() {
   });
   setupDrop($("source-card"), addSources);
   setupDrop($("target-card"), (files) => setTarget(files[0]));
+  $("pick-frame").addEventListener("click", pickFrame);
+  $("back-to-video").addEventListener("click", () => showFrame(false));
   $("target-clear").addEventListener("click", () => {
     clearTarget();
     $("target-input").focus();
