@@ -29,6 +29,7 @@ const FIXED = {
     av1: ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13"],
   },
 };
+// Looked up in the server's OpenAPI schema first, so a server without one is not asked.
 const CAPABILITY_PATHS = ["/v1/capabilities", "/v1/options"];
 
 // ---------------------------------------------------------------------------------------------
@@ -172,9 +173,11 @@ async function checkServer() {
   const status = $("server-status");
   try {
     const health = await api.json("/v1/health");
-    status.className = "server ok";
+    status.className = health.status === "ok" ? "server ok" : "server";
     const backend = health.backend === "celery" ? "worker queue" : "on this machine";
-    status.querySelector(".text").textContent = `Connected · ${backend}`;
+    status.querySelector(".text").textContent =
+      health.status === "ok" ? `Connected · ${backend}` : "Server starting…";
+    if (health.status !== "ok") setTimeout(checkServer, 2000);
     $("version").textContent = `facefuse ${health.version ?? ""}`;
     if ((health.auth_required || health.auth === "required") && !api.key) askForKey("", null);
   } catch (err) {
@@ -186,7 +189,14 @@ async function checkServer() {
 }
 
 async function loadCapabilities() {
-  for (const path of CAPABILITY_PATHS) {
+  let paths = CAPABILITY_PATHS;
+  try {
+    const schema = await api.json("/openapi.json");
+    paths = CAPABILITY_PATHS.filter((p) => schema.paths && p in schema.paths);
+  } catch {
+    // No schema published: probe the usual places.
+  }
+  for (const path of paths) {
     try {
       state.caps = await api.json(path);
       break;
@@ -764,7 +774,9 @@ function showProgress(job) {
   const parts = [];
   if (job.kind === "video" && p.frames_total > 0) parts.push(`${p.frames_done ?? 0} / ${p.frames_total} frames`);
   if (p.frames_total > 1 && typeof p.fraction === "number") parts.push(`${Math.round(100 * p.fraction)}%`);
-  if (job.status === "running" && typeof p.eta_s === "number") parts.push(`about ${formatDuration(p.eta_s)} left`);
+  if (job.status === "running" && typeof p.eta_s === "number") {
+    parts.push(p.eta_s < 1 ? "almost done" : `about ${formatDuration(p.eta_s)} left`);
+  }
   if (job.status === "done" && job.started_at && job.finished_at) {
     parts.push(`took ${formatDuration((Date.parse(job.finished_at) - Date.parse(job.started_at)) / 1000)}`);
   }
