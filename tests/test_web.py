@@ -6,10 +6,12 @@ gets a fresh browser context (own sessionStorage, own downloads).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -42,43 +44,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _serve(root: Path, *extra: str) -> Iterator[str]:
+    """Run `facefuse serve` on a free localhost port; yields its base URL, stops (and reaps) it after."""
+    port = _free_port()
+    log_path = root / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "facefuse", "serve", "--host", "127.0.0.1", "--port", str(port)]
+            + ["--data-dir", str(root / "data"), *extra],
+            env=cli_env(root / "config"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + SERVER_START_S
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"facefuse serve exited {proc.returncode}: {log_path.read_text()}")
+                try:
+                    if httpx.get(f"{base}/v1/health", timeout=5).json()["status"] == "ok":
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"facefuse serve not up in {SERVER_START_S} s")
+                time.sleep(0.2)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """Base URL of a `facefuse serve` on a free localhost port; stopped (and reaped) afterwards."""
-    root = tmp_path_factory.mktemp("web-server")
-    port = _free_port()
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "facefuse", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--data-dir", str(root / "data")],
-        env=cli_env(root / "config"),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if proc.poll() is not None:
-                log_text = (root / "server.log").read_text()
-                raise RuntimeError(f"facefuse serve exited {proc.returncode}: {log_text}")
-            try:
-                if httpx.get(f"{base}/v1/health", timeout=5).json()["status"] == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"facefuse serve not up in {SERVER_START_S} s")
-            time.sleep(0.2)
+    """A localhost server with no API keys: the page never asks for one."""
+    with _serve(tmp_path_factory.mktemp("web-server")) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +100,18 @@ def browser():
             chromium.close()
 
 
-@pytest.fixture
-def page(browser, server):
+def _open(browser, url: str):
     context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server)
+    page.goto(url)
+    return context, page, errors
+
+
+@pytest.fixture
+def page(browser, server):
+    context, page, errors = _open(browser, server)
     yield page
     context.close()
     assert errors == [], f"uncaught errors in the page: {errors}"
@@ -188,6 +200,46 @@ def test_page_shows_the_servers_message_for_a_target_that_is_not_an_image(page, 
 
     page.keyboard.press("Escape")
     expect(error).to_be_hidden()
+
+
+def test_page_asks_for_an_api_key_only_when_the_server_wants_one(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    root = tmp_path / "keyed"
+    root.mkdir()
+    created = subprocess.run(
+        [sys.executable, "-m", "facefuse", "serve", "--data-dir", str(root / "data"), "--create-key", "web"],
+        env=cli_env(root / "config"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    key = created.stdout.strip()
+    with _serve(root, "--require-keys") as base:
+        context, page, errors = _open(browser, base)
+        panel = page.locator("#apikey")
+        page.set_input_files("#source-input", media(SOURCE))
+        expect(panel).to_be_visible(timeout=20_000)
+        expect(page.locator("#apikey-input")).to_be_focused()
+
+        page.fill("#apikey-input", "not-the-key")
+        page.keyboard.press("Enter")
+        expect(panel).to_be_visible(timeout=20_000)  # refused again: still asking
+
+        page.fill("#apikey-input", key)
+        page.keyboard.press("Enter")
+        expect(panel).to_be_hidden()
+        expect(page.locator("#source-thumbs .face-badge")).to_have_text("1 face", timeout=30_000)
+        assert page.evaluate("sessionStorage.getItem('facefuse.apiKey')") == key
+
+        # The key lasts for the tab: after a reload the page uses it without asking.
+        page.reload()
+        page.set_input_files("#target-input", media(TARGET))
+        expect(page.locator("#face-boxes .face")).to_have_count(2, timeout=30_000)
+        expect(panel).to_be_hidden()
+        context.close()
+        assert errors == [], f"uncaught errors in the page: {errors}"
 
 
 def _mean_abs_diff(a: np.ndarray, b: np.ndarray, box: list[float]) -> float:

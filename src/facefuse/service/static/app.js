@@ -378,7 +378,8 @@ async function checkSourceFaces(item) {
   } catch (err) {
     item.faces = "error";
     item.error = err.message;
-    if (err.status === 401) askForKey(err.message, () => checkSourceFaces(item));
+    // Once a key is given, every source that failed is checked again (see the key form).
+    if (err.status === 401) askForKey(err.message, null);
   }
   renderSources();
 }
