@@ -156,8 +156,11 @@ class RequestContext:
             )
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(StarletteHTTPException):
+    """An HTTPException, so FastAPI's form parsing lets it through as a 413 (not a 400)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body over the limit of {max_bytes:,} bytes", {"Connection": "close"})
 
 
 class BodyLimit:
@@ -183,7 +186,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen[0] += len(message.get("body", b""))
                 if seen[0] > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -376,6 +379,15 @@ def _start(svc: Services) -> None:
     log.info("facefuse service ready (backend %s)", svc.queue.backend)
 
 
+def _pipeline(svc: Services) -> Any:
+    """The sync endpoints' Pipeline (loaded at start-up; here too for an app used without its lifespan)."""
+    if svc.pipeline is None:
+        from facefuse.pipeline import Pipeline
+
+        svc.pipeline = Pipeline(max_pixels=svc.settings.max_pixels)
+    return svc.pipeline
+
+
 def _stop(svc: Services) -> None:
     svc.stop.set()
     svc.queue.stop()
@@ -440,6 +452,10 @@ ERRORS = {
 }
 
 
+AUTH_ERRORS = {k: ERRORS[k] for k in (401, 429)}
+NOT_FOUND = {"description": "no such job (or not yours)"}
+
+
 def _add_routes(app: FastAPI) -> None:
     @app.get("/v1/health", tags=["service"])
     def health(request: Request) -> dict[str, Any]:
@@ -456,7 +472,7 @@ def _add_routes(app: FastAPI) -> None:
         svc = services(request)
         checked = check_image(image.file, "image", svc.settings.max_pixels)
         with svc.pipeline_lock:
-            found = svc.pipeline.analyser.analyse(checked.rgb, largest_only=False)
+            found = _pipeline(svc).analyser.analyse(checked.rgb, largest_only=False)
         ordered = order_faces(found, Order.LARGE_SMALL)
         height, width = checked.rgb.shape[:2]
         return {
@@ -511,14 +527,14 @@ def _add_routes(app: FastAPI) -> None:
         svc.queue.submit(job.id)
         return job.public(None)
 
-    @app.get("/v1/jobs", tags=["jobs"], responses={k: ERRORS[k] for k in (401, 429)})
+    @app.get("/v1/jobs", tags=["jobs"], responses=AUTH_ERRORS)
     def list_jobs(
         request: Request, owner: Owner, limit: Annotated[int, Query(ge=1, le=100)] = 50
     ) -> dict[str, Any]:
         svc = services(request)
         return {"jobs": [_public(request, j) for j in svc.store.list(owner, limit)]}
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses={404: {"description": "no such job"}})
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses={**AUTH_ERRORS, 404: NOT_FOUND})
     def get_job(request: Request, owner: Owner, job_id: str) -> dict[str, Any]:
         return _public(request, _own_job(request, owner, job_id))
 
@@ -531,7 +547,8 @@ def _add_routes(app: FastAPI) -> None:
                 "description": "the labelled output file",
                 "content": {m: {} for m in OUTPUT_MIME.values()},
             },
-            404: {"description": "no such job"},
+            **AUTH_ERRORS,
+            404: NOT_FOUND,
             409: {"description": "not done"},
             410: {"description": "expired and deleted"},
         },
@@ -550,7 +567,7 @@ def _add_routes(app: FastAPI) -> None:
             headers={"Content-Disposition": f'attachment; filename="facefuse-{job.id[:12]}.{fmt}"'},
         )
 
-    @app.delete("/v1/jobs/{job_id}", tags=["jobs"], responses={404: {"description": "no such job"}})
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"], responses={**AUTH_ERRORS, 404: NOT_FOUND})
     def cancel(request: Request, owner: Owner, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job; for a finished one, delete its files and record."""
         svc = services(request)
@@ -612,6 +629,18 @@ def _public(request: Request, job: Job) -> dict[str, Any]:
     return job.public(f"/v1/jobs/{job.id}/result")
 
 
+def _check_names(uploads: list[UploadFile]) -> None:
+    """Refuse file names that try to name a place. Names are never used (storage keys are the
+    server's), but a client sending one is misbehaving, and saying so beats silently ignoring it."""
+    for upload in uploads:
+        name = upload.filename or ""
+        parts = re.split(r"[/\\]", name)
+        if len(name) > 255 or "\x00" in name or len(parts) > 1 or ".." in parts:
+            raise ApiError(
+                422, "invalid_filename", f"file name {name[:80]!r}: must be a plain name, not a path"
+            )
+
+
 def _check_selection(opts: JobOptions, reference: UploadFile | None) -> None:
     if opts.mode is Mode.REFERENCE and reference is None and opts.reference_face_index is None:
         raise ApiError(
@@ -629,6 +658,7 @@ def _accept(
 ) -> Job:
     """Check every upload, then store them under server keys; nothing is left behind on error."""
     settings = svc.settings
+    _check_names([*sources, target, *([reference] if reference else [])])
     _check_selection(opts, reference)
     kind = sniff_file(target.file)
     is_video = kind is not None and kind not in IMAGE_TYPES
@@ -693,6 +723,7 @@ def _swap_now(
     from facefuse.service.runner import _reference_from_target
 
     settings = svc.settings
+    _check_names([*sources, target, *([reference] if reference else [])])
     _check_selection(opts, reference)
     if opts.output_format == "mp4" or opts.video_only_given():
         raise ApiError(422, "invalid_options", "/v1/swap takes images only; submit videos to /v1/jobs")
@@ -707,7 +738,7 @@ def _swap_now(
     fmt = opts.output_format or ("jpg" if checked_target.kind == "jpg" else "png")
     selection = opts.selection()
     with svc.pipeline_lock:
-        pipe = svc.pipeline
+        pipe = _pipeline(svc)
         source = pipe.source(sources_rgb)
         ref = pipe.reference(ref_rgb) if ref_rgb is not None else None
         if ref is None and opts.reference_face_index is not None:
