@@ -190,13 +190,17 @@ def test_page_shows_the_servers_message_for_a_target_that_is_not_an_image(page, 
     fake.write_text("these are notes, not a photo\n" * 20)
     expected = _post_faces_error(server, fake)
 
+    page.set_input_files("#source-input", media(SOURCE))
+    expect(page.locator("#source-thumbs .face-badge")).to_have_text("1 face", timeout=30_000)
     page.set_input_files("#target-input", fake)
     error = page.locator("#error")
     expect(error).to_be_visible(timeout=20_000)
     expect(page.locator("#error-message")).to_have_text(expected["error"]["message"])
     expect(page.locator("#error-detail")).to_contain_text(expected["error"]["code"])
     expect(page.locator("#face-boxes .face")).to_have_count(0)
-    expect(page.locator("#start")).to_be_disabled()
+    expect(page.locator("#faces-card")).to_be_hidden()
+    expect(page.locator("#start")).to_be_disabled()  # a source is there, but the target is unusable
+    expect(page.locator("#start-hint")).to_have_text("Choose another target.")
 
     page.keyboard.press("Escape")
     expect(error).to_be_hidden()

@@ -99,6 +99,7 @@ const state = {
   faces: null, // POST /v1/faces answer for the target image, or for a paused frame of a target video
   frame: null, // {canvas, url}: the video frame the faces were found in
   facesPending: false,
+  targetError: null, // why the server could not read the target image
   selection: { mode: "default" }, // default | all | face (with index)
   caps: {},
   job: null,
@@ -124,6 +125,7 @@ function showError(err, retry = null) {
   if (err.requestId) detail.push(`request ${err.requestId}`);
   $("error-detail").textContent = detail.join(" · ");
   $("error").hidden = false;
+  $("error").scrollIntoView({ behavior: "smooth", block: "nearest" });
 }
 
 function clearError() {
@@ -464,6 +466,7 @@ function clearTarget() {
   if (state.target) URL.revokeObjectURL(state.target.url);
   state.target = null;
   state.faces = null;
+  state.targetError = null;
   state.selection = { mode: "default" };
   dropFrame();
   $("target-img").removeAttribute("src");
@@ -492,7 +495,7 @@ async function findFaces(image = null, name = null) {
   } catch (err) {
     if (state.target !== target) return;
     state.faces = null;
-    if (target.kind === "image") $("faces-card").hidden = true;
+    if (target.kind === "image" && err.status !== 401) state.targetError = err.message;
     showError(err, () => findFaces(image, name));
   } finally {
     if (state.target === target) {
@@ -515,8 +518,8 @@ function renderFaces() {
   chips.replaceChildren();
   const target = state.target;
   const sel = state.selection;
+  $("faces-card").hidden = !target || (target.kind === "image" && !state.faces && !state.facesPending);
   if (!target) return;
-  $("faces-card").hidden = false;
   const status = $("faces-status");
 
   const chip = (label, selection, checked) => {
@@ -675,7 +678,9 @@ function updateStart() {
   const noFaces = state.target?.kind === "image" && state.faces && state.faces.faces.length === 0;
   // A face picked in a video frame travels as a reference photo, cut out once chosen.
   const cutting = state.selection.mode === "face" && state.target?.kind === "video" && !state.selection.reference;
-  const ready = state.sources.length > 0 && state.target && !state.facesPending && !running && !noFaces && !cutting;
+  const bad = Boolean(state.targetError);
+  const ready =
+    state.sources.length > 0 && state.target && !state.facesPending && !running && !noFaces && !cutting && !bad;
   $("start").disabled = !ready;
   $("cancel").hidden = !running;
   let hint = "";
@@ -685,6 +690,7 @@ function updateStart() {
   else if (!state.target) hint = "Add a target photo or video.";
   else if (state.facesPending) hint = "Looking for faces…";
   else if (noFaces) hint = "The target has no face to replace.";
+  else if (bad) hint = "Choose another target.";
   $("start-hint").textContent = hint;
 }
 
