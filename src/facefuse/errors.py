@@ -25,6 +25,7 @@ class ExitCode(IntEnum):
     NO_VIDEO_STREAM = 12  # a media file with no video stream (e.g. audio only)
     EMPTY_VIDEO = 13  # a video stream with no decodable frames (in the trimmed range)
     RESUME_MISMATCH = 14  # --resume found the work of a different job
+    MODEL_UNSUPPORTED = 25  # a readable model file whose graph is not the architecture a backend implements
     INTERRUPTED = 130
 
 
@@ -44,6 +45,7 @@ EXIT_CODE_HELP = {
     ExitCode.NO_VIDEO_STREAM: "the target video has no video stream (e.g. an audio-only file)",
     ExitCode.EMPTY_VIDEO: "the target video has no frames (zero length, all broken, or trimmed away)",
     ExitCode.RESUME_MISMATCH: "--resume found unfinished work of a different job (input or options changed)",
+    ExitCode.MODEL_UNSUPPORTED: "a model file is not the architecture the chosen backend implements",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); nothing was written at the output path",
 }
 
@@ -107,3 +109,7 @@ class ResumeMismatch(FacefuseError):
 
 class Interrupted(FacefuseError):
     exit_code = ExitCode.INTERRUPTED
+
+
+class ModelUnsupported(FacefuseError):
+    exit_code = ExitCode.MODEL_UNSUPPORTED
