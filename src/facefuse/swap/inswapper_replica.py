@@ -105,7 +105,6 @@ def _random_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
 def build_inswapper_model(seed: int = 0, fp16: bool = False) -> onnx.ModelProto:
     """The replica as an in-memory ModelProto (float32 I/O either way, like inswapper_128_fp16)."""
     rng = np.random.default_rng(seed)
-    ft = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
     np_ft = np.float16 if fp16 else np.float32
     weights = _random_weights(rng)
     emap = rng.standard_normal((LATENT, LATENT), dtype=np.float32) / np.float32(np.sqrt(LATENT))
@@ -226,7 +225,9 @@ def _shape_only_model(model: onnx.ModelProto) -> onnx.ModelProto:
         if np.prod(init.dims, dtype=np.int64) <= 64:
             light.graph.initializer.append(init)
         elif init.name not in declared:
-            light.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+            light.graph.input.append(
+                helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+            )
     return light
 
 

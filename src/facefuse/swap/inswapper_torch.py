@@ -13,7 +13,8 @@ their shapes), not by initializer names, so any export of the same architecture 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,13 +187,19 @@ def net_from_weights(w: OnnxWeights) -> InswapperNet:
     return net.eval().requires_grad_(False)
 
 
-def pick_device(device: str = "auto") -> torch.device:
+def pick_device(device: str = "auto", warn: Callable[[str], None] | None = None) -> torch.device:
+    """ "auto" picks CUDA when present; an unavailable CUDA falls back to the CPU with one warning."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelUnsupported("device 'cuda' asked for, but this torch build sees no CUDA GPU")
+        (warn or _warn)(f"device {device!r} asked for, but this torch build sees no CUDA GPU; using the CPU")
+        return torch.device("cpu")
     return dev
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
 
 
 class _CudaGraphRunner:
@@ -230,6 +237,9 @@ class TorchInswapper:
     compile: False, True (torch.compile default mode) or a torch.compile mode string.
     buckets: fixed batch sizes that batches are padded to when graphs or compilation are on, so
         each shape is captured/compiled once; larger batches are split into chunks of the largest.
+    warn: called with a one-line message when an asked-for device is unavailable (default: warnings.warn).
+    pad_to_buckets: force bucketing on (or off); by default it is on exactly when graphs or
+        compilation are, since eager kernels take any batch size and padding only costs there.
     """
 
     def __init__(
@@ -241,10 +251,12 @@ class TorchInswapper:
         compile: bool | str = False,
         buckets: Sequence[int] = DEFAULT_BUCKETS,
         channels_last: bool = False,
+        pad_to_buckets: bool | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         weights = model if isinstance(model, OnnxWeights) else read_onnx_weights(model)
         self.emap = weights.emap
-        self.device = pick_device(device)
+        self.device = pick_device(device, warn)
         cuda = self.device.type == "cuda"
         self.dtype = dtype or (torch.float16 if cuda else torch.float32)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -257,7 +269,9 @@ class TorchInswapper:
             mode = compile if isinstance(compile, str) else None
             self._fn = torch.compile(self.net, mode=mode, dynamic=False, fullgraph=True)
         self.cuda_graphs = cuda_graphs and cuda
-        self.fixed_shapes = self.cuda_graphs or bool(compile)
+        self.fixed_shapes = (self.cuda_graphs or bool(compile)) if pad_to_buckets is None else pad_to_buckets
+        if self.cuda_graphs and not self.fixed_shapes:
+            raise ValueError("CUDA graphs need fixed batch sizes: pad_to_buckets cannot be False with them")
         self.buckets = tuple(sorted({int(b) for b in buckets}))
         if not self.buckets or self.buckets[0] < 1:
             raise ValueError("buckets must be positive batch sizes")
