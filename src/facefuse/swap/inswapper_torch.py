@@ -205,8 +205,11 @@ def _warn(message: str) -> None:
 class _CudaGraphRunner:
     """One captured CUDA graph for one batch size: static input/output buffers, replayed per call."""
 
-    def __init__(self, fn, batch: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, fn, batch: int, device: torch.device, dtype: torch.dtype, memory_format: torch.memory_format
+    ) -> None:
         self.target = torch.zeros((batch, 3, SIZE, SIZE), device=device, dtype=dtype)
+        self.target = self.target.contiguous(memory_format=memory_format)
         self.latent = torch.zeros((batch, LATENT), device=device, dtype=dtype)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -285,7 +288,8 @@ class TorchInswapper:
         if self.cuda_graphs:
             runner = self._graphs.get(bucket)
             if runner is None:
-                runner = self._graphs[bucket] = _CudaGraphRunner(self._fn, bucket, self.device, self.dtype)
+                runner = _CudaGraphRunner(self._fn, bucket, self.device, self.dtype, self.memory_format)
+                self._graphs[bucket] = runner
             return runner(target, latent)
         if bucket > n:
             target = torch.cat([target, target.new_zeros((bucket - n, *target.shape[1:]))])
