@@ -42,7 +42,11 @@ _CONV_SHAPES = _ENCODER_SHAPES + [(CHANNELS, CHANNELS, 3, 3)] * STYLE_LAYERS + _
 
 
 class _StyleLayer(nn.Module):
-    """ReflectPad 1 -> Conv3x3 -> instance norm (no affine) -> AdaIN from the latent."""
+    """ReflectPad 1 -> Conv3x3 -> instance norm (no affine) -> AdaIN from the latent.
+
+    forward returns the layer's output as (conv output h, per-channel scale, per-channel shift) with
+    output = h * scale + shift, so the caller can fuse that with the ReLU or the residual add.
+    """
 
     def __init__(self, eps: float) -> None:
         super().__init__()
@@ -50,13 +54,19 @@ class _StyleLayer(nn.Module):
         self.style = nn.Linear(LATENT, 2 * CHANNELS)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        x = self.conv(F.pad(x, (1, 1, 1, 1), mode="reflect"))
-        # The graph's ReduceMean/Sub/Pow/Sqrt/Div chain is exactly a biased-variance instance norm;
-        # the fused kernel keeps its statistics in fp32, so fp16 activations cannot overflow there.
-        x = F.instance_norm(x, eps=self.eps)
-        gamma, beta = self.style(latent)[:, :, None, None].chunk(2, dim=1)
-        return gamma * x + beta
+    def forward(
+        self, x: torch.Tensor, latent: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.conv(F.pad(x, (1, 1, 1, 1), mode="reflect"))
+        # The graph's ReduceMean/Sub/Pow/Sqrt/Div chain is a biased-variance instance norm, and AdaIN
+        # is gamma * norm + beta: folded into one per-channel scale and shift, the (N,1024,32,32)
+        # activation is read once for its statistics and once for the output, in any memory layout.
+        # Statistics accumulate in fp32 inside var_mean; the tiny scale/shift maths runs in fp32.
+        var, mean = torch.var_mean(h, dim=(2, 3), keepdim=True, correction=0)
+        gamma, beta = self.style(latent).float()[:, :, None, None].chunk(2, dim=1)
+        scale = gamma * torch.rsqrt(var.float() + self.eps)
+        shift = beta - scale * mean.float()
+        return h, scale.to(h.dtype), shift.to(h.dtype)
 
 
 class InswapperNet(nn.Module):
@@ -87,8 +97,10 @@ class InswapperNet(nn.Module):
         for conv in self.encoder:
             x = F.leaky_relu(conv(x), 0.2)
         for i in range(0, STYLE_LAYERS, 2):
-            h = F.relu(self.style[i](x, latent))
-            x = x + self.style[i + 1](h, latent)
+            h, scale, shift = self.style[i](x, latent)
+            h = torch.relu_(torch.addcmul(shift, h, scale))
+            h, scale, shift = self.style[i + 1](h, latent)
+            x = torch.addcmul(shift, h, scale).add_(x)
         for i, conv in enumerate(self.decoder):
             if i < 2:
                 x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
