@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", default="facefuse-demo.png", metavar="PATH")
     demo.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     demo.set_defaults(func=cmd_demo)
+
+    from facefuse import cli_worker
+
+    cli_worker.add_parser(sub)
     return parser
 
 

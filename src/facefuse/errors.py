@@ -25,6 +25,9 @@ class ExitCode(IntEnum):
     NO_VIDEO_STREAM = 12  # a media file with no video stream (e.g. audio only)
     EMPTY_VIDEO = 13  # a video stream with no decodable frames (in the trimmed range)
     RESUME_MISMATCH = 14  # --resume found the work of a different job
+    SCALE_CONFIG = 35  # serve/worker scale-out: a bad --broker/--storage, or the scale-out extras missing
+    BROKER_UNREACHABLE = 36  # serve/worker: the Redis broker does not answer
+    STORAGE_UNREACHABLE = 37  # serve/worker: the shared folder or bucket cannot be used
     INTERRUPTED = 130
 
 
@@ -44,6 +47,9 @@ EXIT_CODE_HELP = {
     ExitCode.NO_VIDEO_STREAM: "the target video has no video stream (e.g. an audio-only file)",
     ExitCode.EMPTY_VIDEO: "the target video has no frames (zero length, all broken, or trimmed away)",
     ExitCode.RESUME_MISMATCH: "--resume found unfinished work of a different job (input or options changed)",
+    ExitCode.SCALE_CONFIG: "serve/worker: bad --broker or --storage, or `pip install 'facefuse[scale]'` missing",
+    ExitCode.BROKER_UNREACHABLE: "serve/worker: the Redis broker (--broker) does not answer",
+    ExitCode.STORAGE_UNREACHABLE: "serve/worker: the shared storage (--storage folder or bucket) cannot be used",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); nothing was written at the output path",
 }
 
@@ -107,3 +113,15 @@ class ResumeMismatch(FacefuseError):
 
 class Interrupted(FacefuseError):
     exit_code = ExitCode.INTERRUPTED
+
+
+class ScaleConfigError(FacefuseError):
+    exit_code = ExitCode.SCALE_CONFIG
+
+
+class BrokerUnreachable(FacefuseError):
+    exit_code = ExitCode.BROKER_UNREACHABLE
+
+
+class StorageUnreachable(FacefuseError):
+    exit_code = ExitCode.STORAGE_UNREACHABLE
