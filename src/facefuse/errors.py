@@ -25,6 +25,8 @@ class ExitCode(IntEnum):
     NO_VIDEO_STREAM = 12  # a media file with no video stream (e.g. audio only)
     EMPTY_VIDEO = 13  # a video stream with no decodable frames (in the trimmed range)
     RESUME_MISMATCH = 14  # --resume found the work of a different job
+    SERVICE_CONFIG = 30  # `facefuse serve`: unworkable settings (e.g. a non-local host, no API keys)
+    SERVICE_DATA_DIR = 31  # `facefuse serve`: the data folder cannot be created or written
     SCALE_CONFIG = 35  # serve/worker scale-out: a bad --broker/--storage, or the scale-out extras missing
     BROKER_UNREACHABLE = 36  # serve/worker: the Redis broker does not answer
     STORAGE_UNREACHABLE = 37  # serve/worker: the shared folder or bucket cannot be used
@@ -47,9 +49,11 @@ EXIT_CODE_HELP = {
     ExitCode.NO_VIDEO_STREAM: "the target video has no video stream (e.g. an audio-only file)",
     ExitCode.EMPTY_VIDEO: "the target video has no frames (zero length, all broken, or trimmed away)",
     ExitCode.RESUME_MISMATCH: "--resume found unfinished work of a different job (input or options changed)",
-    ExitCode.SCALE_CONFIG: "serve/worker: bad --broker or --storage, or `pip install 'facefuse[scale]'` missing",
+    ExitCode.SERVICE_CONFIG: "serve: the settings cannot work (e.g. a non-local --host without API keys)",
+    ExitCode.SERVICE_DATA_DIR: "serve: the data folder cannot be created or written",
+    ExitCode.SCALE_CONFIG: "serve/worker: bad --broker or --storage, or facefuse[scale] not installed",
     ExitCode.BROKER_UNREACHABLE: "serve/worker: the Redis broker (--broker) does not answer",
-    ExitCode.STORAGE_UNREACHABLE: "serve/worker: the shared storage (--storage folder or bucket) cannot be used",
+    ExitCode.STORAGE_UNREACHABLE: "serve/worker: the --storage folder or bucket cannot be used",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); nothing was written at the output path",
 }
 
@@ -113,6 +117,14 @@ class ResumeMismatch(FacefuseError):
 
 class Interrupted(FacefuseError):
     exit_code = ExitCode.INTERRUPTED
+
+
+class ServiceConfigError(FacefuseError):
+    exit_code = ExitCode.SERVICE_CONFIG
+
+
+class ServiceDataDirError(FacefuseError):
+    exit_code = ExitCode.SERVICE_DATA_DIR
 
 
 class ScaleConfigError(FacefuseError):

@@ -670,9 +670,13 @@ def _picklable(exc: BaseException) -> BaseException:
 class Progress:
     """A one-line progress bar with fps and ETA on stderr, drawn only on a terminal."""
 
-    def __init__(self, total: int, enabled: bool, already: int = 0) -> None:
+    def __init__(
+        self, total: int, enabled: bool, already: int = 0, hook: Callable[[int, int], None] | None = None
+    ) -> None:
         self.total = total
         self.enabled = enabled
+        # Called with (done, total) on every update; it may raise to stop the job (a service cancel).
+        self.hook = hook
         self.done = already
         self._start_done = already
         self._t0 = time.perf_counter()
@@ -680,6 +684,8 @@ class Progress:
 
     def set(self, done: int) -> None:
         self.done = done
+        if self.hook is not None:
+            self.hook(done, self.total)
         now = time.perf_counter()
         if self.enabled and now - self._last_draw >= PROGRESS_INTERVAL_S:
             self._last_draw = now
@@ -727,6 +733,9 @@ class VideoJob:
     source_type: str = "compositeWithTrainedAlgorithmicMedia"
     require_swap: bool = True
     show_progress: bool = False
+    # (frames done, frames total) as frames finish; raising from it stops the job like an interrupt
+    # does, except that the exception propagates as it is (finished segments are kept for a resume).
+    on_progress: Callable[[int, int], None] | None = None
 
     def run(self, *, resume: bool = False, t_start: float | None = None) -> VideoSummary:
         t_start = time.perf_counter() if t_start is None else t_start
@@ -742,7 +751,10 @@ class VideoJob:
             pending = [s for s in segments if s.index not in results]
             runner = SegmentRunner(timeline, geometry, self.options.encoder, work, self.make_processor)
             total = timeline.stop - timeline.first
-            progress = Progress(total, self.show_progress, sum(r.frames_in for r in results.values()))
+            already = sum(r.frames_in for r in results.values())
+            progress = Progress(total, self.show_progress, already, hook=self.on_progress)
+            if self.on_progress is not None:
+                self.on_progress(already, total)
             for stats in self._run_segments(runner, pending, progress):
                 results[stats.index] = stats
             progress.finish()
