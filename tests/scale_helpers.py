@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,24 +60,47 @@ def redis_server(folder: Path) -> Iterator[RedisServer]:
         _stop(proc)
 
 
+S3_TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
 @dataclass
 class S3Server:
     endpoint: str
     bucket: str
 
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client (this process or a worker) needs to reach the server."""
+        return {**S3_TEST_CREDENTIALS, "FACEFUSE_S3_ENDPOINT": self.endpoint}
+
 
 @contextlib.contextmanager
-def s3_server(bucket: str = "facefuse-test") -> Iterator[S3Server]:
-    """moto's S3-compatible server on a free port (a thread in this process), with one bucket."""
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3-compatible server on a free port (a thread in this process), with a new bucket.
+
+    moto keeps its buckets in this process's memory, shared by every server it starts: each call
+    gets a bucket of its own so tests never see each other's objects."""
     import boto3
     from moto.server import ThreadedMotoServer
 
     port = free_port()
+    bucket = f"facefuse-test-{uuid.uuid4().hex[:12]}"
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=S3_TEST_CREDENTIALS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=S3_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+        client.create_bucket(Bucket=bucket)
         yield S3Server(endpoint, bucket)
     finally:
         server.stop()

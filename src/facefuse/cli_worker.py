@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--video-workers", type=int, default=1, metavar="N", help="processes per video job (default 1)"
+    )
+    worker.add_argument(
+        "--segment-frames",
+        type=int,
+        default=0,
+        metavar="N",
+        help="frames per video segment, the work a taken-over job keeps (default: automatic; use the "
+        "same value on every worker)",
     )
     worker.add_argument("--loglevel", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     worker.set_defaults(func=cmd_worker)
@@ -112,7 +122,9 @@ def celery_settings(args: argparse.Namespace) -> Any:
 def open_storage(spec: str | None) -> Any:
     """A DirectoryStorage for a folder, an S3Storage for s3://...; checked before any job runs."""
     if not spec:
-        raise ScaleConfigError("give --storage DIR or --storage s3://BUCKET/PREFIX (or set $FACEFUSE_STORAGE)")
+        raise ScaleConfigError(
+            "give --storage DIR or --storage s3://BUCKET/PREFIX (or set $FACEFUSE_STORAGE)"
+        )
     if spec.startswith("s3://"):
         from facefuse.service.s3 import S3Storage
 
@@ -148,8 +160,12 @@ def default_work_dir(storage: Any) -> Path:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    if args.concurrency < 1 or args.video_workers < 1 or args.max_pixels <= 0 or args.max_video_frames <= 0:
-        raise ScaleConfigError("--concurrency, --video-workers, --max-pixels, --max-video-frames must be >= 1")
+    numbers = (args.concurrency, args.video_workers, args.max_pixels, args.max_video_frames)
+    if min(numbers) < 1 or args.segment_frames < 0:
+        raise ScaleConfigError(
+            "--concurrency, --video-workers, --max-pixels, --max-video-frames must be >= 1; "
+            "--segment-frames >= 0"
+        )
     try:
         import celery  # noqa: F401
         import redis  # noqa: F401
@@ -160,6 +176,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from facefuse.service.redis_store import RedisJobStore
     from facefuse.service.runner import Worker
 
+    logging.basicConfig(
+        level=args.loglevel, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = celery_settings(args)
     check_broker(settings.broker)
     storage = open_storage(args.storage)
@@ -177,6 +196,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             max_video_frames=args.max_video_frames,
             video_workers=args.video_workers,
+            segment_frames=args.segment_frames,
         )
 
     runner = JobRunner(
@@ -186,5 +206,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         load_worker=load_worker,
         node=f"{args.name}@{socket.gethostname()}",
     )
-    code = start_worker(settings, runner, concurrency=args.concurrency, name=args.name, loglevel=args.loglevel)
+    code = start_worker(
+        settings, runner, concurrency=args.concurrency, name=args.name, loglevel=args.loglevel
+    )
     return ExitCode.OK if code == 0 else code

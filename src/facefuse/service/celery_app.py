@@ -79,9 +79,9 @@ def make_celery(settings: CelerySettings) -> Any:
         broker_transport_options=transport,
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
-        # Job status lives in the job store; Celery's results only record how a delivery ended.
+        # Job status and progress live in the job store (the same Redis); Celery's results only
+        # record how each delivery ended ("ran", "finished", ...).
         result_expires=24 * 3600,
-        task_ignore_result=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,

@@ -31,7 +31,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from facefuse.service.celery_app import TASK_NAME, CelerySettings

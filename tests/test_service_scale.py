@@ -1,0 +1,326 @@
+"""Scale-out: jobs on Celery over a real redis-server, run by real `facefuse worker` processes.
+
+The fault test kills (SIGKILL, the whole process group: a host that vanishes) the worker that is in
+the middle of a video job: the job must finish on the other worker, resumed from the segments the
+dead one finished, with the same output as an uninterrupted run of the same job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import MEDIA
+from scale_helpers import RedisServer, redis_server, s3_server, without_c2pa_box
+
+from facefuse.media import inspect_file
+from facefuse.service.celery_app import TASK_NAME, CelerySettings
+from facefuse.service.celery_queue import CeleryQueue
+from facefuse.service.jobs import Job, JobKind, JobStatus, new_job_id
+from facefuse.service.redis_store import RedisJobStore
+from facefuse.service.runner import input_prefix
+from facefuse.service.storage import DirectoryStorage
+
+HAMILTON = MEDIA / "video" / "short_hamilton_clip.mp4"
+LIN = MEDIA / "images" / "lin-manuel-miranda.png"
+OBAMA = MEDIA / "images" / "obama-480p.jpg"
+BIDEN = MEDIA / "images" / "biden.jpg"
+# Short enough for CI, long enough to kill mid-job: 150 frames in segments of 15.
+VIDEO_OPTIONS = {"trim_end": "150f", "crf": 23}
+SEGMENT_FRAMES = 15
+# Quick recovery for the test: a dead worker's job is handed out again after ~3 s.
+SETTINGS = {"visibility_timeout_s": 3.0, "lease_s": 2.0}
+JOB_TIMEOUT_S = 120
+READY_TIMEOUT_S = 90
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class WorkerProc:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def ready(self) -> bool:
+        return " ready" in self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once, like a host that loses power."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        with contextlib.suppress(ProcessLookupError):  # pool processes, should any be left
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+@dataclass
+class Cluster:
+    redis: RedisServer
+    folder: Path
+    config: Path
+    settings: CelerySettings
+    store: RedisJobStore
+    queue: CeleryQueue
+    workers: list[WorkerProc]
+
+    def start_worker(self, name: str, storage: str, env: dict[str, str] | None = None) -> WorkerProc:
+        log = self.folder / f"worker-{name}.log"
+        args = [sys.executable, "-m", "facefuse", "worker", "--broker", self.redis.url, "--storage", storage]
+        args += ["--name", name, "--concurrency", "1", "--segment-frames", str(SEGMENT_FRAMES)]
+        args += ["--visibility-timeout", str(SETTINGS["visibility_timeout_s"])]
+        args += ["--lease", str(SETTINGS["lease_s"])]
+        full_env = {**os.environ, "FACEFUSE_CONFIG_DIR": str(self.config), **(env or {})}
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+            )
+        worker = WorkerProc(name, proc, log)
+        self.workers.append(worker)
+        return worker
+
+    def wait_ready(self, *workers: WorkerProc) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not all(w.ready() for w in workers):
+            for w in workers:
+                assert w.proc.poll() is None, f"worker {w.name} exited:\n{w.log.read_text()}"
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.1)
+
+    def submit(self, storage: DirectoryStorage | object, kind: JobKind, target: Path, options: dict) -> Job:
+        job_id = new_job_id()
+        src_key = f"{input_prefix(job_id)}/source-0{LIN.suffix}"
+        tgt_key = f"{input_prefix(job_id)}/target{target.suffix}"
+        storage.put(src_key, LIN.read_bytes())
+        storage.put(tgt_key, target.read_bytes())
+        job = Job(
+            id=job_id,
+            owner="tester",
+            kind=kind,
+            options=options,
+            inputs={"sources": [src_key], "target": tgt_key, "reference": None},
+        )
+        self.store.create(job)
+        self.queue.submit(job_id)
+        return job
+
+    def wait(self, job_id: str, until: JobStatus = JobStatus.DONE) -> Job:
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while True:
+            job = self.store.get(job_id)
+            assert job is not None
+            if job.status is until:
+                return job
+            assert job.status in (JobStatus.QUEUED, JobStatus.RUNNING), f"job ended {job.status}: {job.error}"
+            assert time.monotonic() < deadline, f"job still {job.status} ({job.progress}); {self.logs()}"
+            time.sleep(0.05)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {w.name}\n{w.log.read_text(errors='replace')[-3000:]}" for w in self.workers)
+
+    def worker_of(self, job: Job) -> WorkerProc:
+        name = (job.worker or "").split("@", 1)[0]
+        (found,) = [w for w in self.workers if w.name == name]
+        return found
+
+
+@contextlib.contextmanager
+def make_cluster(folder: Path, config: Path) -> Iterator[Cluster]:
+    """A redis-server of its own, a queue to submit with; workers started later are stopped at the end."""
+    with redis_server(folder / "redis") as redis:
+        settings = CelerySettings(broker=redis.url, **SETTINGS)
+        store = RedisJobStore(redis.url, lease_s=settings.lease_s)
+        queue = CeleryQueue(settings)
+        queue.start()
+        cluster = Cluster(redis, folder, config, settings, store, queue, [])
+        try:
+            yield cluster
+        finally:
+            for worker in cluster.workers:
+                worker.stop()
+            queue.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    config = tmp_path_factory.getbasetemp() / "config"
+    with make_cluster(tmp_path_factory.mktemp("scale"), config) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def shared(cluster: Cluster) -> DirectoryStorage:
+    return DirectoryStorage(cluster.folder / "shared")
+
+
+@pytest.fixture(scope="module")
+def two_workers(cluster: Cluster, shared: DirectoryStorage) -> list[WorkerProc]:
+    workers = [cluster.start_worker(name, str(shared.root)) for name in ("alpha", "beta")]
+    cluster.wait_ready(*workers)
+    return workers
+
+
+def test_image_job_through_celery(cluster: Cluster, shared: DirectoryStorage, two_workers) -> None:
+    job = cluster.submit(shared, JobKind.IMAGE, BIDEN, {})
+    done = cluster.wait(job.id)
+    assert done.attempts == 1
+    assert done.summary["faces_swapped"] >= 1
+    assert done.worker.split("@", 1)[0] in {"alpha", "beta"}
+    result = shared.path(done.output)
+    assert result.is_file() and result.suffix == ".jpg"
+    report = inspect_file(result)
+    assert report.label and report.manifest_valid
+    assert not shared.exists(f"{input_prefix(job.id)}/target.jpg")  # inputs dropped once done
+
+
+def test_killed_worker_job_completes_elsewhere_with_the_same_output(
+    cluster: Cluster, shared: DirectoryStorage, two_workers: list[WorkerProc]
+) -> None:
+    clean = cluster.wait(cluster.submit(shared, JobKind.VIDEO, HAMILTON, VIDEO_OPTIONS).id)
+    assert clean.attempts == 1 and clean.summary["segments_resumed"] == 0
+    total = clean.summary["frames_in"]
+    assert total == 150 and clean.summary["segments"] == total // SEGMENT_FRAMES
+
+    job = cluster.submit(shared, JobKind.VIDEO, HAMILTON, VIDEO_OPTIONS)
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:  # kill once at least two segments' worth of frames are done, well before the end
+        running = cluster.store.get(job.id)
+        if (
+            running.status is JobStatus.RUNNING
+            and running.progress.get("frames_done", 0) >= 2 * SEGMENT_FRAMES
+        ):
+            break
+        assert running.status in (JobStatus.QUEUED, JobStatus.RUNNING), running
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.02)
+    victim = cluster.worker_of(running)
+    victim.kill()
+    killed_at = cluster.store.get(job.id)
+    assert killed_at.status is JobStatus.RUNNING
+    assert killed_at.progress["frames_done"] < total, "the job finished before the kill: make it longer"
+
+    done = cluster.wait(job.id)
+    survivor = cluster.worker_of(done)
+    assert survivor is not victim and survivor.proc.poll() is None
+    # Two claims: the dead worker's and the survivor's; never both at once (the lease).
+    assert done.attempts == 2
+    assert done.summary["segments_resumed"] >= 1, "the survivor started over instead of resuming"
+    assert (
+        done.summary["frames_in"] == total and done.summary["faces_swapped"] == clean.summary["faces_swapped"]
+    )
+
+    ours, theirs = shared.path(done.output).read_bytes(), shared.path(clean.output).read_bytes()
+    assert without_c2pa_box(ours) == without_c2pa_box(theirs)  # every frame, timestamp and audio sample
+    assert len(without_c2pa_box(ours)) > 0.9 * len(ours)
+    assert inspect_file(shared.path(done.output)).manifest_valid
+    assert not (shared.root / "work" / job.id).exists()  # the work folder went with the finished job
+
+    # The dead worker's message, or any duplicate, must not run the finished job again.
+    before = shared.path(done.output).stat().st_mtime_ns
+    duplicate = cluster.queue.app.send_task(TASK_NAME, args=[job.id], queue=cluster.settings.queue)
+    assert duplicate.get(timeout=JOB_TIMEOUT_S) == "finished"
+    after = cluster.store.get(job.id)
+    assert after.attempts == 2 and after.status is JobStatus.DONE
+    assert shared.path(done.output).stat().st_mtime_ns == before
+
+
+def test_busy_job_is_not_run_twice(cluster: Cluster, shared: DirectoryStorage, two_workers) -> None:
+    """A second delivery while the job runs (Redis re-sends after the visibility timeout) waits."""
+    job = cluster.submit(shared, JobKind.VIDEO, HAMILTON, {"trim_end": "90f"})
+    running = cluster.wait(job.id, JobStatus.RUNNING)
+    duplicate = cluster.queue.app.send_task(TASK_NAME, args=[job.id], queue=cluster.settings.queue)
+    states = set()
+    while (current := cluster.store.get(job.id)).status is JobStatus.RUNNING:
+        states.add(duplicate.state)
+        time.sleep(0.02)
+    assert current.status is JobStatus.DONE
+    assert "RETRY" in states  # the idle worker got the copy while the job ran, and put it off
+    assert duplicate.get(timeout=JOB_TIMEOUT_S) == "finished"
+    done = cluster.store.get(job.id)
+    assert done.attempts == 1 and done.worker == running.worker
+
+
+def test_worker_refuses_bad_settings(cluster: Cluster, tmp_path: Path) -> None:
+    cases = [
+        (["--broker", "redis://127.0.0.1:1/0", "--storage", str(tmp_path)], 36, "cannot reach Redis"),
+        (["--broker", "amqp://x", "--storage", str(tmp_path)], 35, "redis://"),
+        (["--broker", cluster.redis.url, "--storage", str(tmp_path / "nope")], 37, "no such folder"),
+    ]
+    for args, code, text in cases:
+        proc = subprocess.run(
+            [sys.executable, "-m", "facefuse", "worker", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "FACEFUSE_CONFIG_DIR": str(cluster.config)},
+        )
+        assert proc.returncode == code, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and text in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_image_job_on_s3_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from facefuse.service.s3 import S3Storage
+
+    config = Path(os.environ["FACEFUSE_CONFIG_DIR"])  # the conftest points it at a throwaway folder
+    with s3_server() as s3, make_cluster(tmp_path, config) as cluster:
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        url = f"s3://{s3.bucket}/facefuse"
+        storage = S3Storage(url, endpoint_url=s3.endpoint)
+        worker = cluster.start_worker("s3", url, s3.env)
+        cluster.wait_ready(worker)
+        job = cluster.submit(storage, JobKind.IMAGE, OBAMA, {"output_format": "png"})
+        done = cluster.wait(job.id)
+        assert done.worker.startswith("s3@") and done.output.endswith(".png")
+        assert storage.exists(done.output) and storage.size(done.output) > 1000
+        with storage.local_path(done.output) as path:
+            report = inspect_file(path)
+        assert report.label and report.manifest_valid
+        assert storage.keys(input_prefix(job.id)) == []
+
+
+def test_s3_storage_round_trip() -> None:
+    from facefuse.service.s3 import S3Storage, parse_s3_url
+
+    assert parse_s3_url("s3://bucket/a/b/") == ("bucket", "a/b/")
+    assert parse_s3_url("s3://bucket") == ("bucket", "")
+    with pytest.raises(ValueError):
+        parse_s3_url("http://bucket/a")
+    with s3_server() as s3, pytest.MonkeyPatch.context() as env:
+        for key, value in s3.env.items():
+            env.setenv(key, value)
+        storage = S3Storage(f"s3://{s3.bucket}/pre", endpoint_url=s3.endpoint)
+        storage.check()
+        storage.put("jobs/j1/in/a.bin", b"abc")
+        storage.put("jobs/j1/result.png", b"x" * 10)
+        assert storage.get("jobs/j1/in/a.bin") == b"abc" and storage.size("jobs/j1/result.png") == 10
+        assert storage.keys("jobs/j1") == ["jobs/j1/in/a.bin", "jobs/j1/result.png"]
+        with storage.local_path("jobs/j1/in/a.bin") as path:
+            assert path.read_bytes() == b"abc"
+        assert not path.exists()
+        with pytest.raises(FileNotFoundError):
+            storage.get("jobs/j1/missing")
+        assert not storage.exists("jobs/j1/missing")
+        storage.delete("jobs/j1/in")
+        assert storage.keys("jobs/j1") == ["jobs/j1/result.png"]
+        storage.delete("jobs/j1")
+        assert storage.keys("jobs/j1") == [] and not storage.exists("jobs/j1/result.png")
+        assert storage.client.list_objects_v2(Bucket=s3.bucket).get("KeyCount", 0) == 0
