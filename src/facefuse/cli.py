@@ -167,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     demo.set_defaults(func=cmd_demo)
 
-    from facefuse import cli_worker
+    from facefuse import cli_service, cli_worker
 
+    cli_service.add_parser(sub)
     cli_worker.add_parser(sub)
     return parser
 

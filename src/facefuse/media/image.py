@@ -131,7 +131,17 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
         InputInvalid: not a JPEG/PNG/WebP/BMP/TIFF, or truncated or corrupt.
     """
     path = Path(path)
-    with _open_input(path) as fh, pillow_guard():
+    with _open_input(path) as fh:
+        return _read(fh, path, max_pixels)
+
+
+def read_image_data(data: bytes, *, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """`read_image` for bytes in memory (an upload); `name` is what error messages call it."""
+    return _read(io.BytesIO(data), Path(name), max_pixels)
+
+
+def _read(fh: BinaryIO, path: Path, max_pixels: int) -> np.ndarray:
+    with pillow_guard():
         im = _identify(fh, path)
         _check_pixel_count(im.size, max_pixels, path)
         pil_format = im.format

@@ -1,0 +1,126 @@
+"""`facefuse serve`: the REST API with an in-process worker and a SQLite job store."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from facefuse.errors import ExitCode
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="run the REST API (and its job worker) on this machine",
+        description=(
+            "Serve the facefuse REST API: submit swap jobs by upload, poll them, download the labelled "
+            "results. Jobs run in this process (--workers threads, models loaded once each) and are kept "
+            "in a SQLite file under --data-dir. Listening beyond localhost needs API keys."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  facefuse serve                                   http://127.0.0.1:8000, no keys needed\n"
+            "  facefuse serve --data-dir /srv/ff --create-key alice   print a new key (stored hashed)\n"
+            "  facefuse serve --host 0.0.0.0 --data-dir /srv/ff   keys required\n"
+        ),
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--data-dir",
+        default="facefuse-data",
+        metavar="DIR",
+        help="jobs, uploads, results (default ./facefuse-data)",
+    )
+    serve.add_argument("--workers", type=int, default=1, metavar="N", help="job worker threads (default 1)")
+    serve.add_argument(
+        "--create-key", metavar="NAME", help="create an API key named NAME, print it once, exit"
+    )
+    serve.add_argument(
+        "--require-keys",
+        action="store_true",
+        help="require API keys even on localhost (default: only beyond it)",
+    )
+    serve.add_argument(
+        "--rate-limit", type=float, default=600.0, metavar="PER_MIN", help="requests/min per key; 0 off"
+    )
+    serve.add_argument(
+        "--rate-burst", type=int, default=60, metavar="N", help="requests a key may make at once"
+    )
+    serve.add_argument(
+        "--max-active-jobs", type=int, default=8, metavar="N", help="queued+running jobs per key; 0 off"
+    )
+    serve.add_argument(
+        "--max-upload-mb", type=float, default=100.0, metavar="MB", help="largest request body"
+    )
+    serve.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,
+        metavar="N",
+        help="largest image / video frame, in pixels",
+    )
+    serve.add_argument(
+        "--max-sync-pixels", type=int, default=4_000_000, metavar="N", help="largest target for POST /v1/swap"
+    )
+    serve.add_argument(
+        "--result-ttl", type=float, default=24.0, metavar="HOURS", help="results are deleted after this"
+    )
+    serve.add_argument(
+        "--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN"
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+
+
+def settings_from_args(args: argparse.Namespace):
+    from facefuse.service.settings import Settings, load_keys
+
+    data_dir = Path(args.data_dir)
+    return Settings(
+        data_dir=data_dir,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        api_keys=load_keys(data_dir),
+        require_keys=True if args.require_keys else None,
+        rate_limit_per_minute=args.rate_limit,
+        rate_burst=args.rate_burst,
+        max_active_jobs=args.max_active_jobs,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        max_sync_pixels=args.max_sync_pixels,
+        result_ttl_s=args.result_ttl * 3600.0,
+        cors_origins=list(args.cors_origin),
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from facefuse.service.settings import add_key
+
+    if args.create_key:
+        key = add_key(Path(args.data_dir), args.create_key)
+        print(key)
+        print(
+            f"key {args.create_key!r} stored (hashed) in {args.data_dir}; it is shown only this once",
+            file=sys.stderr,
+        )
+        return ExitCode.OK
+    settings = settings_from_args(args)
+    settings.check()
+    import uvicorn
+
+    from facefuse.service.app import create_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    print(
+        f"facefuse: serving on http://{args.host}:{args.port} (data in {settings.data_dir})", file=sys.stderr
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return ExitCode.OK
