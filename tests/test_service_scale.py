@@ -8,6 +8,7 @@ dead one finished, with the same output as an uninterrupted run of the same job.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -17,9 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+from celery.result import AsyncResult
 from conftest import MEDIA
-from scale_helpers import RedisServer, redis_server, s3_server, without_c2pa_box
+from scale_helpers import RedisServer, free_port, redis_server, s3_server, without_c2pa_box
 
 from facefuse.media import inspect_file
 from facefuse.service.celery_app import TASK_NAME, CelerySettings
@@ -60,15 +63,8 @@ class WorkerProc:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        with contextlib.suppress(ProcessLookupError):  # pool processes, should any be left
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        # Nothing to finish gracefully at the end of a test: stop the worker and its pool at once.
+        self.kill()
 
 
 @dataclass
@@ -170,6 +166,88 @@ def shared(cluster: Cluster) -> DirectoryStorage:
     return DirectoryStorage(cluster.folder / "shared")
 
 
+@dataclass
+class Api:
+    """`facefuse serve --backend celery` in a subprocess, and an HTTP client for it."""
+
+    proc: subprocess.Popen[bytes]
+    client: httpx.Client
+    log: Path
+
+    def post_job(self, target: Path, options: dict) -> dict:
+        files = [("source", (LIN.name, LIN.read_bytes())), ("target", (target.name, target.read_bytes()))]
+        response = self.client.post("/v1/jobs", files=files, data={"options": json.dumps(options)})
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict:
+        response = self.client.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait(self, job_id: str, until: str = "done") -> dict:
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while (job := self.job(job_id))["status"] != until:
+            assert job["status"] in ("queued", "running"), job
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+        return job
+
+    def result(self, job: dict) -> bytes:
+        response = self.client.get(job["result_url"])
+        assert response.status_code == 200, response.text
+        return response.content
+
+
+@pytest.fixture(scope="module")
+def api(cluster: Cluster, shared: DirectoryStorage) -> Iterator[Api]:
+    port = free_port()
+    log = cluster.folder / "serve.log"
+    args = [sys.executable, "-m", "facefuse", "serve", "--backend", "celery", "--broker", cluster.redis.url]
+    args += ["--storage", str(shared.root), "--data-dir", str(cluster.folder / "api"), "--port", str(port)]
+    args += ["--rate-limit", "0"]  # the test polls fast
+    args += [
+        "--visibility-timeout",
+        str(SETTINGS["visibility_timeout_s"]),
+        "--lease",
+        str(SETTINGS["lease_s"]),
+    ]
+    env = {**os.environ, "FACEFUSE_CONFIG_DIR": str(cluster.config)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                health = client.get("/v1/health").json()
+                if health["status"] == "ok":
+                    break
+            time.sleep(0.1)
+        assert health["backend"] == "celery"
+        yield Api(proc, client, log)
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def outcome(delivery: AsyncResult) -> str:
+    """How a task delivery ended, read by polling (no result subscription left behind)."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while delivery.state != "SUCCESS":
+        assert delivery.state in ("PENDING", "RETRY"), delivery.state
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return delivery.result
+
+
 @pytest.fixture(scope="module")
 def two_workers(cluster: Cluster, shared: DirectoryStorage) -> list[WorkerProc]:
     workers = [cluster.start_worker(name, str(shared.root)) for name in ("alpha", "beta")]
@@ -177,68 +255,19 @@ def two_workers(cluster: Cluster, shared: DirectoryStorage) -> list[WorkerProc]:
     return workers
 
 
-def test_image_job_through_celery(cluster: Cluster, shared: DirectoryStorage, two_workers) -> None:
-    job = cluster.submit(shared, JobKind.IMAGE, BIDEN, {})
-    done = cluster.wait(job.id)
-    assert done.attempts == 1
-    assert done.summary["faces_swapped"] >= 1
-    assert done.worker.split("@", 1)[0] in {"alpha", "beta"}
-    result = shared.path(done.output)
-    assert result.is_file() and result.suffix == ".jpg"
-    report = inspect_file(result)
-    assert report.label and report.manifest_valid
-    assert not shared.exists(f"{input_prefix(job.id)}/target.jpg")  # inputs dropped once done
-
-
-def test_killed_worker_job_completes_elsewhere_with_the_same_output(
-    cluster: Cluster, shared: DirectoryStorage, two_workers: list[WorkerProc]
+def test_image_job_through_the_api_and_celery(
+    cluster: Cluster, api: Api, two_workers, tmp_path: Path
 ) -> None:
-    clean = cluster.wait(cluster.submit(shared, JobKind.VIDEO, HAMILTON, VIDEO_OPTIONS).id)
-    assert clean.attempts == 1 and clean.summary["segments_resumed"] == 0
-    total = clean.summary["frames_in"]
-    assert total == 150 and clean.summary["segments"] == total // SEGMENT_FRAMES
-
-    job = cluster.submit(shared, JobKind.VIDEO, HAMILTON, VIDEO_OPTIONS)
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while True:  # kill once at least two segments' worth of frames are done, well before the end
-        running = cluster.store.get(job.id)
-        if (
-            running.status is JobStatus.RUNNING
-            and running.progress.get("frames_done", 0) >= 2 * SEGMENT_FRAMES
-        ):
-            break
-        assert running.status in (JobStatus.QUEUED, JobStatus.RUNNING), running
-        assert time.monotonic() < deadline, cluster.logs()
-        time.sleep(0.02)
-    victim = cluster.worker_of(running)
-    victim.kill()
-    killed_at = cluster.store.get(job.id)
-    assert killed_at.status is JobStatus.RUNNING
-    assert killed_at.progress["frames_done"] < total, "the job finished before the kill: make it longer"
-
-    done = cluster.wait(job.id)
-    survivor = cluster.worker_of(done)
-    assert survivor is not victim and survivor.proc.poll() is None
-    # Two claims: the dead worker's and the survivor's; never both at once (the lease).
-    assert done.attempts == 2
-    assert done.summary["segments_resumed"] >= 1, "the survivor started over instead of resuming"
-    assert (
-        done.summary["frames_in"] == total and done.summary["faces_swapped"] == clean.summary["faces_swapped"]
-    )
-
-    ours, theirs = shared.path(done.output).read_bytes(), shared.path(clean.output).read_bytes()
-    assert without_c2pa_box(ours) == without_c2pa_box(theirs)  # every frame, timestamp and audio sample
-    assert len(without_c2pa_box(ours)) > 0.9 * len(ours)
-    assert inspect_file(shared.path(done.output)).manifest_valid
-    assert not (shared.root / "work" / job.id).exists()  # the work folder went with the finished job
-
-    # The dead worker's message, or any duplicate, must not run the finished job again.
-    before = shared.path(done.output).stat().st_mtime_ns
-    duplicate = cluster.queue.app.send_task(TASK_NAME, args=[job.id], queue=cluster.settings.queue)
-    assert duplicate.get(timeout=JOB_TIMEOUT_S) == "finished"
-    after = cluster.store.get(job.id)
-    assert after.attempts == 2 and after.status is JobStatus.DONE
-    assert shared.path(done.output).stat().st_mtime_ns == before
+    posted = api.post_job(BIDEN, {})
+    done = api.wait(posted["id"])
+    assert done["summary"]["faces_swapped"] >= 1 and done["progress"]["fraction"] == 1.0
+    record = cluster.store.get(posted["id"])
+    assert record.attempts == 1 and record.worker.split("@", 1)[0] in {"alpha", "beta"}
+    out = tmp_path / "result.jpg"
+    out.write_bytes(api.result(done))
+    report = inspect_file(out)
+    assert report.label and report.manifest_valid
+    assert api.client.get("/v1/jobs").json()["jobs"][0]["id"] == posted["id"]  # newest first
 
 
 def test_busy_job_is_not_run_twice(cluster: Cluster, shared: DirectoryStorage, two_workers) -> None:
@@ -252,9 +281,75 @@ def test_busy_job_is_not_run_twice(cluster: Cluster, shared: DirectoryStorage, t
         time.sleep(0.02)
     assert current.status is JobStatus.DONE
     assert "RETRY" in states  # the idle worker got the copy while the job ran, and put it off
-    assert duplicate.get(timeout=JOB_TIMEOUT_S) == "finished"
+    assert outcome(duplicate) == "finished"
     done = cluster.store.get(job.id)
     assert done.attempts == 1 and done.worker == running.worker
+
+
+def test_cancel_a_running_job_on_a_worker(
+    cluster: Cluster, shared: DirectoryStorage, api: Api, two_workers
+) -> None:
+    job_id = api.post_job(HAMILTON, {"trim_end": "150f"})["id"]
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while api.job(job_id)["progress"]["frames_done"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert api.client.delete(f"/v1/jobs/{job_id}").json() == {"id": job_id, "status": "cancelled"}
+    # The worker notices within a fraction of a second, stops and removes everything of the job.
+    deadline = time.monotonic() + 30
+    while (shared.root / "jobs" / job_id).exists() or (shared.root / "work" / job_id).exists():
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.05)
+    assert api.job(job_id)["status"] == "cancelled"
+    assert cluster.store.holder(job_id) is None  # the lease was given back
+    assert api.client.get(f"/v1/jobs/{job_id}/result").status_code == 409
+
+
+def test_killed_worker_job_completes_elsewhere_with_the_same_output(
+    cluster: Cluster, shared: DirectoryStorage, api: Api, two_workers: list[WorkerProc]
+) -> None:
+    clean = api.wait(api.post_job(HAMILTON, VIDEO_OPTIONS)["id"])
+    assert cluster.store.get(clean["id"]).attempts == 1 and clean["summary"]["segments_resumed"] == 0
+    total = clean["summary"]["frames_in"]
+    assert total == 150 and clean["summary"]["segments"] == total // SEGMENT_FRAMES
+
+    job_id = api.post_job(HAMILTON, VIDEO_OPTIONS)["id"]
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:  # kill once two segments' worth of frames are done, well before the end
+        progress = api.job(job_id)["progress"]
+        if progress["frames_done"] >= 2 * SEGMENT_FRAMES:
+            break
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.02)
+    victim = cluster.worker_of(cluster.store.get(job_id))
+    victim.kill()
+    killed_at = api.job(job_id)
+    assert killed_at["status"] == "running"
+    assert killed_at["progress"]["frames_done"] < total, "the job finished before the kill: make it longer"
+
+    done = api.wait(job_id)
+    record = cluster.store.get(job_id)
+    survivor = cluster.worker_of(record)
+    assert survivor is not victim and survivor.proc.poll() is None
+    # Two claims: the dead worker's and the survivor's; never both at once (the lease).
+    assert record.attempts == 2
+    assert done["summary"]["segments_resumed"] >= 1, "the survivor started over instead of resuming"
+    assert done["summary"]["frames_in"] == total
+    assert done["summary"]["faces_swapped"] == clean["summary"]["faces_swapped"]
+
+    ours, theirs = api.result(done), api.result(clean)
+    assert without_c2pa_box(ours) == without_c2pa_box(theirs)  # every frame, timestamp and audio sample
+    assert len(without_c2pa_box(ours)) > 0.9 * len(ours)
+    assert inspect_file(shared.path(record.output)).manifest_valid
+    assert not (shared.root / "work" / job_id).exists()  # the work folder went with the finished job
+
+    # The dead worker's message, or any duplicate, must not run the finished job again.
+    before = shared.path(record.output).stat().st_mtime_ns
+    duplicate = cluster.queue.app.send_task(TASK_NAME, args=[job_id], queue=cluster.settings.queue)
+    assert outcome(duplicate) == "finished"
+    after = cluster.store.get(job_id)
+    assert after.attempts == 2 and after.status is JobStatus.DONE
+    assert shared.path(record.output).stat().st_mtime_ns == before
 
 
 def test_worker_refuses_bad_settings(cluster: Cluster, tmp_path: Path) -> None:

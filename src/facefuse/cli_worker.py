@@ -151,6 +151,31 @@ def open_storage(spec: str | None) -> Any:
     return storage
 
 
+def celery_backend(args: argparse.Namespace, data_dir: Path) -> tuple[Any, Any, Any]:
+    """`serve --backend celery`: (RedisJobStore, shared storage, CeleryQueue) for create_app.
+
+    Without --storage the API keeps files in DATA_DIR/files, which the workers must then mount."""
+    _require_scale_packages()
+    from facefuse.service.celery_queue import CeleryQueue, check_broker
+    from facefuse.service.redis_store import RedisJobStore
+
+    settings = celery_settings(args)
+    check_broker(settings.broker)
+    storage_spec = args.storage or str(data_dir / "files")
+    if not args.storage:
+        (data_dir / "files").mkdir(parents=True, exist_ok=True)
+    storage = open_storage(storage_spec)
+    return RedisJobStore(settings.broker, lease_s=settings.lease_s), storage, CeleryQueue(settings)
+
+
+def _require_scale_packages() -> None:
+    try:
+        import celery  # noqa: F401
+        import redis  # noqa: F401
+    except ImportError:
+        raise ScaleConfigError("the scale-out packages are missing: pip install 'facefuse[scale]'") from None
+
+
 def default_work_dir(storage: Any) -> Path:
     from facefuse.service.storage import DirectoryStorage
 
@@ -166,11 +191,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "--concurrency, --video-workers, --max-pixels, --max-video-frames must be >= 1; "
             "--segment-frames >= 0"
         )
-    try:
-        import celery  # noqa: F401
-        import redis  # noqa: F401
-    except ImportError:
-        raise ScaleConfigError("the scale-out packages are missing: pip install 'facefuse[scale]'") from None
+    _require_scale_packages()
     from facefuse.service.celery_queue import check_broker
     from facefuse.service.celery_worker import JobRunner, start_worker
     from facefuse.service.redis_store import RedisJobStore

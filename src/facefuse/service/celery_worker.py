@@ -68,7 +68,7 @@ class JobRunner:
         log.info("worker %s ready", worker_id)
 
     def execute(self, job_id: str) -> Outcome:
-        from facefuse.service.runner import StoreProgress, run_job
+        from facefuse.service.runner import StoreProgress, job_prefix, run_job
 
         if self.worker is None:
             self.load()
@@ -87,7 +87,9 @@ class JobRunner:
             if self._recover(job):
                 return Outcome.RECOVERED
             progress = StoreProgress(self.store, job_id)
-            run_job(job, self.worker.pipeline, self.storage, self.store, progress, worker=self.worker)
+            final = run_job(job, self.worker.pipeline, self.storage, self.store, progress, worker=self.worker)
+        if final.status is JobStatus.CANCELLED:  # the owner gave up on it: nothing of it is kept
+            self.storage.delete(job_prefix(job_id))
         return Outcome.RAN
 
     def _recover(self, job: Job) -> bool:
