@@ -3,14 +3,19 @@
 `s3://bucket/prefix` names the place; credentials and region come from the usual boto3 sources
 (environment, ~/.aws, instance role) and `FACEFUSE_S3_ENDPOINT` (or `AWS_ENDPOINT_URL`) points at a
 non-AWS server. An object appears whole or not at all (S3 PUT is atomic), so readers never see half
-a result. `local_path` downloads into a private temporary folder that is removed afterwards.
+a result.
+
+`local_path` downloads to a fixed place under the cache folder (`$FACEFUSE_S3_CACHE`, default
+`$TMPDIR/facefuse-s3-cache`) with the object's Last-Modified time as its mtime, and removes it
+afterwards. The same object then always looks like the same file: a video job taken over by another
+process (or host, with the same cache path) passes the resume check, which fingerprints the input's
+path, size, mtime and content.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,9 +37,17 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 class S3Storage:
     """The Storage protocol on one bucket and key prefix."""
 
-    def __init__(self, url: str, *, endpoint_url: str | None = None, client: Any = None) -> None:
+    def __init__(
+        self, url: str, *, endpoint_url: str | None = None, client: Any = None, cache_dir: Path | None = None
+    ) -> None:
         self.url = url
         self.bucket, self.prefix = parse_s3_url(url)
+        cache = (
+            cache_dir
+            or os.environ.get("FACEFUSE_S3_CACHE")
+            or Path(tempfile.gettempdir()) / "facefuse-s3-cache"
+        )
+        self.cache_dir = Path(cache)
         if client is None:
             import boto3
             from botocore.config import Config
@@ -96,10 +109,14 @@ class S3Storage:
         return sorted(found)
 
     def download(self, key: str, dest: Path) -> None:
-        """Copy the object to `dest` (temp file + rename: `dest` is whole or absent)."""
-        tmp = dest.with_name(f".{dest.name}.part")
+        """Copy the object to `dest` (temp file + rename), with its Last-Modified time as the mtime."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
         try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             self.client.download_file(self.bucket, self._key(key), str(tmp))
+            stamp = head["LastModified"].timestamp()
+            os.utime(tmp, (stamp, stamp))
         except Exception as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -110,13 +127,13 @@ class S3Storage:
 
     @contextlib.contextmanager
     def local_path(self, key: str) -> Iterator[Path]:
-        folder = Path(tempfile.mkdtemp(prefix="facefuse-s3-"))
+        path = self.cache_dir / self.bucket / (self.prefix + check_key(key))
+        self.download(key, path)
         try:
-            path = folder / Path(check_key(key)).name
-            self.download(key, path)
             yield path
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def _head(self, key: str) -> dict[str, Any] | None:
         try:
