@@ -40,7 +40,7 @@ BIDEN = MEDIA / "images" / "biden.jpg"
 VIDEO_OPTIONS = {"trim_end": "150f", "crf": 23}
 SEGMENT_FRAMES = 15
 # Quick recovery for the test: a dead worker's job is handed out again after ~3 s.
-SETTINGS = {"visibility_timeout_s": 3.0, "lease_s": 2.0}
+SETTINGS = {"visibility_timeout_s": 3.0, "lease_s": 3.0}
 JOB_TIMEOUT_S = 120
 READY_TIMEOUT_S = 90
 
@@ -448,3 +448,39 @@ def test_s3_storage_round_trip(tmp_path: Path) -> None:
         storage.delete("jobs/j1")
         assert storage.keys("jobs/j1") == [] and not storage.exists("jobs/j1/result.png")
         assert storage.client.list_objects_v2(Bucket=s3.bucket).get("KeyCount", 0) == 0
+
+
+def test_redis_store_and_leases(cluster: Cluster) -> None:
+    store = RedisJobStore(cluster.redis.url, prefix="unit:", lease_s=0.3)
+    a = Job(id=new_job_id(), owner="ann", kind=JobKind.VIDEO, options={"crf": 20}, created_at=1.0)
+    b = Job(id=new_job_id(), owner="ann", kind=JobKind.IMAGE, created_at=2.0)
+    for job in (a, b):
+        store.create(job)
+    assert store.get(a.id) == a and store.get("nope") is None
+    assert [j.id for j in store.list("ann")] == [b.id, a.id] and store.list("bob") == []
+    assert store.count_active("ann") == 2 and {j.id for j in store.unfinished()} == {a.id, b.id}
+    assert not store.update(a.id, expect=[JobStatus.RUNNING], progress={"frames_done": 1})
+    with pytest.raises(ValueError):
+        store.update(a.id, owner="eve")
+
+    # One claim at a time; a claim outlives its worker only as long as its lease.
+    assert store.claim_attempt(a.id, "w1") == 1 and not store.claim(a.id, "w2")
+    assert store.holder(a.id) == "w1" and store.renew(a.id, "w1") and not store.renew(a.id, "w2")
+    assert store.update(a.id, expect=[JobStatus.RUNNING], progress={"frames_done": 5})
+    time.sleep(0.5)  # w1 died: no heartbeat
+    assert store.claim_attempt(a.id, "w2") == 2 and not store.renew(a.id, "w1")
+    store.release(a.id, "w1")  # not its lease any more: no effect
+    assert store.holder(a.id) == "w2"
+    running = store.get(a.id)
+    assert running.status is JobStatus.RUNNING and running.worker == "w2" and running.attempts == 2
+    assert running.progress == {"frames_done": 5} and running.options == {"crf": 20}
+
+    # Finished jobs are never claimed again; expiry and the active count follow the status.
+    store.release(a.id, "w2")
+    assert store.update(a.id, expect=[JobStatus.RUNNING], status=JobStatus.DONE, expires_at=10.0)
+    assert not store.claim(a.id, "w3") and store.count_active("ann") == 1
+    assert [j.id for j in store.expired(now=11.0)] == [a.id] and store.expired(now=9.0) == []
+    assert store.update(a.id, status=JobStatus.EXPIRED) and store.expired(now=11.0) == []
+    store.delete(b.id)
+    assert store.get(b.id) is None and [j.id for j in store.list("ann")] == [a.id]
+    assert store.count_active("ann") == 0

@@ -93,6 +93,9 @@ class RedisJobStore:
     def _owner(self, owner: str) -> str:
         return f"{self.prefix}owner:{owner}"
 
+    def _active(self, owner: str) -> str:
+        return f"{self.prefix}active:{owner}"  # ids that may be queued or running (pruned on read)
+
     @property
     def _all(self) -> str:
         return f"{self.prefix}jobs"  # every job id, by creation time
@@ -108,6 +111,8 @@ class RedisJobStore:
         pipe.hset(self._job(job.id), mapping=_encode_all(job))
         pipe.zadd(self._all, {job.id: job.created_at})
         pipe.zadd(self._owner(job.owner), {job.id: job.created_at})
+        if job.status in ACTIVE:
+            pipe.sadd(self._active(job.owner), job.id)
         if job.expires_at is not None:
             pipe.zadd(self._expiry, {job.id: job.expires_at})
         pipe.execute()
@@ -131,6 +136,8 @@ class RedisJobStore:
                 self.redis.zrem(self._expiry, job_id)
             else:
                 self.redis.zadd(self._expiry, {job_id: float(changes["expires_at"])})
+        if changed and changes.get("status") == JobStatus.EXPIRED:
+            self.redis.zrem(self._expiry, job_id)  # its files are gone: nothing left to expire
         return changed
 
     def list(self, owner: str, limit: int = 100) -> list[Job]:
@@ -145,6 +152,7 @@ class RedisJobStore:
         pipe.zrem(self._expiry, job_id)
         if job is not None:
             pipe.zrem(self._owner(job.owner), job_id)
+            pipe.srem(self._active(job.owner), job_id)
         pipe.execute()
 
     def claim(self, job_id: str, worker_id: str) -> bool:
@@ -161,7 +169,13 @@ class RedisJobStore:
         return [job for job in self._many(ids) if job.status in FINISHED]
 
     def count_active(self, owner: str) -> int:
-        return sum(job.status in ACTIVE for job in self.list(owner, limit=10_000))
+        key = self._active(owner)
+        jobs = {job.id: job for job in self._many(self.redis.smembers(key))}
+        done = [job_id for job_id in self.redis.smembers(key) if _text(job_id) not in jobs]
+        done += [job.id for job in jobs.values() if job.status not in ACTIVE]
+        if done:
+            self.redis.srem(key, *done)
+        return sum(job.status in ACTIVE for job in jobs.values())
 
     def unfinished(self) -> list[Job]:
         return [job for job in self._many(self.redis.zrange(self._all, 0, -1)) if job.status in ACTIVE]
@@ -188,8 +202,12 @@ class RedisJobStore:
             return []
         pipe = self.redis.pipeline()
         for job_id in ids:
-            pipe.hgetall(self._job(job_id.decode() if isinstance(job_id, bytes) else job_id))
+            pipe.hgetall(self._job(_text(job_id)))
         return [job for raw in pipe.execute() if (job := _decode(raw)) is not None]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _dump(value: Any) -> str:
