@@ -379,6 +379,15 @@ def _start(svc: Services) -> None:
     log.info("facefuse service ready (backend %s)", svc.queue.backend)
 
 
+def _pipeline(svc: Services) -> Any:
+    """The sync endpoints' Pipeline (loaded at start-up; here too for an app used without its lifespan)."""
+    if svc.pipeline is None:
+        from facefuse.pipeline import Pipeline
+
+        svc.pipeline = Pipeline(max_pixels=svc.settings.max_pixels)
+    return svc.pipeline
+
+
 def _stop(svc: Services) -> None:
     svc.stop.set()
     svc.queue.stop()
@@ -443,6 +452,10 @@ ERRORS = {
 }
 
 
+AUTH_ERRORS = {k: ERRORS[k] for k in (401, 429)}
+NOT_FOUND = {"description": "no such job (or not yours)"}
+
+
 def _add_routes(app: FastAPI) -> None:
     @app.get("/v1/health", tags=["service"])
     def health(request: Request) -> dict[str, Any]:
@@ -459,7 +472,7 @@ def _add_routes(app: FastAPI) -> None:
         svc = services(request)
         checked = check_image(image.file, "image", svc.settings.max_pixels)
         with svc.pipeline_lock:
-            found = svc.pipeline.analyser.analyse(checked.rgb, largest_only=False)
+            found = _pipeline(svc).analyser.analyse(checked.rgb, largest_only=False)
         ordered = order_faces(found, Order.LARGE_SMALL)
         height, width = checked.rgb.shape[:2]
         return {
@@ -514,14 +527,14 @@ def _add_routes(app: FastAPI) -> None:
         svc.queue.submit(job.id)
         return job.public(None)
 
-    @app.get("/v1/jobs", tags=["jobs"], responses={k: ERRORS[k] for k in (401, 429)})
+    @app.get("/v1/jobs", tags=["jobs"], responses=AUTH_ERRORS)
     def list_jobs(
         request: Request, owner: Owner, limit: Annotated[int, Query(ge=1, le=100)] = 50
     ) -> dict[str, Any]:
         svc = services(request)
         return {"jobs": [_public(request, j) for j in svc.store.list(owner, limit)]}
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses={404: {"description": "no such job"}})
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses={**AUTH_ERRORS, 404: NOT_FOUND})
     def get_job(request: Request, owner: Owner, job_id: str) -> dict[str, Any]:
         return _public(request, _own_job(request, owner, job_id))
 
@@ -534,7 +547,8 @@ def _add_routes(app: FastAPI) -> None:
                 "description": "the labelled output file",
                 "content": {m: {} for m in OUTPUT_MIME.values()},
             },
-            404: {"description": "no such job"},
+            **AUTH_ERRORS,
+            404: NOT_FOUND,
             409: {"description": "not done"},
             410: {"description": "expired and deleted"},
         },
@@ -553,7 +567,7 @@ def _add_routes(app: FastAPI) -> None:
             headers={"Content-Disposition": f'attachment; filename="facefuse-{job.id[:12]}.{fmt}"'},
         )
 
-    @app.delete("/v1/jobs/{job_id}", tags=["jobs"], responses={404: {"description": "no such job"}})
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"], responses={**AUTH_ERRORS, 404: NOT_FOUND})
     def cancel(request: Request, owner: Owner, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job; for a finished one, delete its files and record."""
         svc = services(request)
@@ -724,7 +738,7 @@ def _swap_now(
     fmt = opts.output_format or ("jpg" if checked_target.kind == "jpg" else "png")
     selection = opts.selection()
     with svc.pipeline_lock:
-        pipe = svc.pipeline
+        pipe = _pipeline(svc)
         source = pipe.source(sources_rgb)
         ref = pipe.reference(ref_rgb) if ref_rgb is not None else None
         if ref is None and opts.reference_face_index is not None:
