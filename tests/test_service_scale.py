@@ -22,12 +22,13 @@ import httpx
 import pytest
 from celery.result import AsyncResult
 from conftest import MEDIA
-from scale_helpers import RedisServer, free_port, redis_server, s3_server, without_c2pa_box
+from scale_helpers import RedisServer, redis_server, s3_server, without_c2pa_box
 
 from facefuse.media import inspect_file
 from facefuse.service.celery_app import TASK_NAME, CelerySettings
 from facefuse.service.celery_queue import CeleryQueue
 from facefuse.service.jobs import Job, JobKind, JobStatus, new_job_id
+from facefuse.service.launch import ServerProcess
 from facefuse.service.redis_store import RedisJobStore
 from facefuse.service.runner import input_prefix
 from facefuse.service.storage import DirectoryStorage
@@ -170,9 +171,8 @@ def shared(cluster: Cluster) -> DirectoryStorage:
 class Api:
     """`facefuse serve --backend celery` in a subprocess, and an HTTP client for it."""
 
-    proc: subprocess.Popen[bytes]
+    server: ServerProcess
     client: httpx.Client
-    log: Path
 
     def post_job(self, target: Path, options: dict) -> dict:
         files = [("source", (LIN.name, LIN.read_bytes())), ("target", (target.name, target.read_bytes()))]
@@ -201,41 +201,21 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(cluster: Cluster, shared: DirectoryStorage) -> Iterator[Api]:
-    port = free_port()
-    log = cluster.folder / "serve.log"
-    args = [sys.executable, "-m", "facefuse", "serve", "--backend", "celery", "--broker", cluster.redis.url]
-    args += ["--storage", str(shared.root), "--data-dir", str(cluster.folder / "api"), "--port", str(port)]
-    args += ["--rate-limit", "0"]  # the test polls fast
+    args = ["--backend", "celery", "--broker", cluster.redis.url, "--storage", str(shared.root)]
     args += [
         "--visibility-timeout",
         str(SETTINGS["visibility_timeout_s"]),
         "--lease",
         str(SETTINGS["lease_s"]),
     ]
+    args += ["--rate-limit", "0"]  # the test polls fast
     env = {**os.environ, "FACEFUSE_CONFIG_DIR": str(cluster.config)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            with contextlib.suppress(httpx.TransportError):
-                health = client.get("/v1/health").json()
-                if health["status"] == "ok":
-                    break
-            time.sleep(0.1)
-        assert health["backend"] == "celery"
-        yield Api(proc, client, log)
-    finally:
-        client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with (
+        ServerProcess(cluster.folder / "api", *args, env=env) as server,
+        httpx.Client(base_url=server.url, timeout=60) as client,
+    ):
+        assert client.get("/v1/health").json()["backend"] == "celery"
+        yield Api(server, client)
 
 
 def outcome(delivery: AsyncResult) -> str:
