@@ -307,6 +307,36 @@ def test_killed_pool_process_job_is_put_back_and_resumed(
     assert all(w.proc.poll() is None for w in two_workers)  # both workers are still up
 
 
+def test_worker_that_loses_its_lease_stops_dead(
+    cluster: Cluster, shared: DirectoryStorage, api: Api, two_workers: list[WorkerProc]
+) -> None:
+    """Someone else took the lease (the holder was cut off from Redis for longer than the lease):
+    the old holder must stop at once and leave the job's files alone for the new one."""
+    job_id = api.post_job(HAMILTON, {"trim_end": "90f"})["id"]
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while api.job(job_id)["progress"]["frames_done"] < 2 * SEGMENT_FRAMES:
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.02)
+    holder = cluster.store.get(job_id).worker
+    cluster.store.redis.set(f"facefuse:lease:{job_id}", "intruder", px=1500)  # gone again in 1.5 s
+    pool_pid = int(holder.split("/")[1])
+    while Path(f"/proc/{pool_pid}").exists() and "zombie" not in _proc_state(pool_pid):
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.02)
+    done = api.wait(job_id)
+    record = cluster.store.get(job_id)
+    assert record.attempts == 2 and record.worker not in (holder, "intruder")
+    assert done["summary"]["segments_resumed"] >= 1 and done["summary"]["frames_in"] == 90
+    assert any(f"lease lost by {holder}" in w.log.read_text() for w in two_workers)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"
+
+
 def test_killed_worker_job_completes_elsewhere_with_the_same_output(
     cluster: Cluster, shared: DirectoryStorage, api: Api, two_workers: list[WorkerProc]
 ) -> None:
