@@ -171,10 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     demo.set_defaults(func=cmd_demo)
 
-    from facefuse import cli_models, cli_service
+    from facefuse import cli_models, cli_service, cli_worker
 
     cli_models.add_parser(sub)
     cli_service.add_parser(sub)
+    cli_worker.add_parser(sub)
     return parser
 
 

@@ -73,6 +73,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN"
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--backend",
+        choices=["local", "celery"],
+        default="local",
+        help="local: jobs run in this process (default); celery: jobs go to `facefuse worker`s over Redis",
+    )
+    from facefuse.cli_worker import add_scale_arguments
+
+    add_scale_arguments(serve, storage_required=False)
     serve.set_defaults(func=cmd_serve)
 
 
@@ -118,7 +127,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings)
+    if args.backend == "celery":
+        from facefuse.cli_worker import celery_backend
+
+        app = create_app(settings, *celery_backend(args, settings.data_dir))
+    else:
+        app = create_app(settings)
     print(
         f"facefuse: serving on http://{args.host}:{args.port} (data in {settings.data_dir})", file=sys.stderr
     )

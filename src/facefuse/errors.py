@@ -35,6 +35,9 @@ class ExitCode(IntEnum):
     # Service (30-39)
     SERVICE_CONFIG = 30  # `facefuse serve`: unworkable settings (e.g. a non-local host, no API keys)
     SERVICE_DATA_DIR = 31  # `facefuse serve`: the data folder cannot be created or written
+    SCALE_CONFIG = 35  # serve/worker scale-out: a bad --broker/--storage, or the scale-out extras missing
+    BROKER_UNREACHABLE = 36  # serve/worker: the Redis broker does not answer
+    STORAGE_UNREACHABLE = 37  # serve/worker: the shared folder or bucket cannot be used
     INTERRUPTED = 130
 
 
@@ -62,6 +65,9 @@ EXIT_CODE_HELP = {
     ExitCode.MODEL_UNSUPPORTED: "a model file is not the architecture the chosen backend implements",
     ExitCode.SERVICE_CONFIG: "serve: the settings cannot work (e.g. a non-local --host without API keys)",
     ExitCode.SERVICE_DATA_DIR: "serve: the data folder cannot be created or written",
+    ExitCode.SCALE_CONFIG: "serve/worker: bad --broker or --storage, or facefuse[scale] not installed",
+    ExitCode.BROKER_UNREACHABLE: "serve/worker: the Redis broker (--broker) does not answer",
+    ExitCode.STORAGE_UNREACHABLE: "serve/worker: the --storage folder or bucket cannot be used",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); nothing was written at the output path",
 }
 
@@ -161,3 +167,15 @@ class ServiceConfigError(FacefuseError):
 
 class ServiceDataDirError(FacefuseError):
     exit_code = ExitCode.SERVICE_DATA_DIR
+
+
+class ScaleConfigError(FacefuseError):
+    exit_code = ExitCode.SCALE_CONFIG
+
+
+class BrokerUnreachable(FacefuseError):
+    exit_code = ExitCode.BROKER_UNREACHABLE
+
+
+class StorageUnreachable(FacefuseError):
+    exit_code = ExitCode.STORAGE_UNREACHABLE

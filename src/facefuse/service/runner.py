@@ -9,6 +9,7 @@ produces the same bytes as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import time
@@ -48,6 +49,9 @@ class Worker:
     max_pixels: int = 40_000_000
     max_video_frames: int = 18_000
     video_workers: int = 1
+    # Frames per video segment (0: automatic), the unit a resumed job keeps. It is part of the resume
+    # manifest, so every worker that may take over a job must use the same value.
+    segment_frames: int = 0
     signer: Any = None
     id: str = "worker"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -377,7 +381,9 @@ def _run_video(
         video = VideoJob(
             info=info,
             output=local,
-            options=options.video_settings(workers=worker.video_workers),
+            options=dataclasses.replace(
+                options.video_settings(workers=worker.video_workers), segment_frames=worker.segment_frames
+            ),
             make_processor=lambda: FrameSwapper(pipe, source, selection, reference=reference),
             # What else decides the bytes (the input and options are in the manifest already).
             key={
