@@ -25,6 +25,11 @@ class ExitCode(IntEnum):
     NO_VIDEO_STREAM = 12  # a media file with no video stream (e.g. audio only)
     EMPTY_VIDEO = 13  # a video stream with no decodable frames (in the trimmed range)
     RESUME_MISMATCH = 14  # --resume found the work of a different job
+    NO_CAMERA = 40  # live: the camera cannot be opened
+    VIRTUAL_CAMERA_UNAVAILABLE = 41  # live: --output virtual, but no virtual camera backend
+    WINDOW_UNAVAILABLE = 42  # live: --output window, but no GUI library or no display
+    CONTROL_UNAVAILABLE = 43  # live: the --control port or socket cannot be opened
+    CAMERA_LOST = 44  # live: the camera stopped delivering frames mid-session (summary still given)
     INTERRUPTED = 130
 
 
@@ -44,6 +49,12 @@ EXIT_CODE_HELP = {
     ExitCode.NO_VIDEO_STREAM: "the target video has no video stream (e.g. an audio-only file)",
     ExitCode.EMPTY_VIDEO: "the target video has no frames (zero length, all broken, or trimmed away)",
     ExitCode.RESUME_MISMATCH: "--resume found unfinished work of a different job (input or options changed)",
+    ExitCode.NO_CAMERA: "live: the camera does not exist or cannot be opened",
+    ExitCode.VIRTUAL_CAMERA_UNAVAILABLE: "live: no virtual camera on this system (pip install "
+    "'facefuse[live]' and a backend such as v4l2loopback or OBS)",
+    ExitCode.WINDOW_UNAVAILABLE: "live: no preview window (pip install 'facefuse[live]'; needs a display)",
+    ExitCode.CONTROL_UNAVAILABLE: "live: the --control port or socket cannot be opened",
+    ExitCode.CAMERA_LOST: "live: the camera stopped delivering frames mid-session (summary still given)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); nothing was written at the output path",
 }
 
@@ -107,3 +118,23 @@ class ResumeMismatch(FacefuseError):
 
 class Interrupted(FacefuseError):
     exit_code = ExitCode.INTERRUPTED
+
+
+class NoCamera(FacefuseError):
+    exit_code = ExitCode.NO_CAMERA
+
+
+class VirtualCameraUnavailable(FacefuseError):
+    exit_code = ExitCode.VIRTUAL_CAMERA_UNAVAILABLE
+
+
+class WindowUnavailable(FacefuseError):
+    exit_code = ExitCode.WINDOW_UNAVAILABLE
+
+
+class ControlUnavailable(FacefuseError):
+    exit_code = ExitCode.CONTROL_UNAVAILABLE
+
+
+class CameraLost(FacefuseError):
+    exit_code = ExitCode.CAMERA_LOST
