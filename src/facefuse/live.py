@@ -1,22 +1,22 @@
 """Live swapping: frames in as a camera delivers them, swapped frames out with bounded latency.
 
-    capture thread --> [latest-frame slot] --> processing thread --> [latest-result slot] --> output
-                                                 |    ^
-                                        (every ~1 s) frame / boxes
-                                                 v    |
-                                          detector process
+    capture thread --> [latest-frame slot] --> session thread --> [latest-result slot] --> output
+                                                |   ^       |   ^
+                                   (every ~1 s) frame boxes frame result
+                                                v   |       v   |
+                                          detector process  swap process (track + swap)
 
 Every slot holds one item: a newer frame replaces one that was never picked up, and that frame is
 counted as dropped. Nothing queues without bound, so the age of the frame on screen stays within
 about one frame interval plus the processing and output time, however long the session runs.
 
-The processing thread follows faces with the video tracker (shape predictor + crop check + One Euro
-smoothing, a few ms a face) and swaps them. The full-frame detector, which costs 20-300 ms, runs in a
+The swap process follows faces with the video tracker (shape predictor + crop check + One Euro
+smoothing, a few ms a face) and swaps them, one frame at a time, for the session thread. The full-frame detector, which costs 20-300 ms, runs in a
 forked process beside it on the latest frame about once a second (continuously while no face is
 tracked), and its boxes are merged into the tracker when they arrive: new faces are picked up without
-ever stalling the stream. dlib's models are not thread-safe, so everything that touches them in this
-process (tracking, swapping, loading a new source photo) happens on the processing thread; other
-threads hand it commands.
+ever stalling the stream. Both processes are forked once, after the models loaded. dlib's models are
+not thread-safe, so everything that touches them (tracking, swapping, loading a new source photo)
+goes through the session thread, between frames; other threads hand it commands.
 
 `LiveSession` is the core that the CLI (`facefuse live`) drives and a web client can drive the same
 way: push frames with their capture time, take the latest swapped frame, report it delivered, change
@@ -44,7 +44,7 @@ from facefuse.analysis.select import Selection
 from facefuse.analysis.track import TrackerSettings
 from facefuse.errors import FacefuseError
 from facefuse.pipeline import Identity, Pipeline, Timings
-from facefuse.stream import FrameSwapper
+from facefuse.stream import FrameResult, FrameSwapper
 
 T = TypeVar("T")
 
@@ -296,6 +296,108 @@ class DetectorProcess:
 
 
 # ---------------------------------------------------------------------------------------------
+# Where tracking and swapping run: this process, or a forked worker
+# ---------------------------------------------------------------------------------------------
+
+
+class LocalProcessor:
+    """Tracking and swapping on the calling thread (tests, and a stand-in swapper)."""
+
+    def __init__(self, pipeline: Pipeline, swapper: Any, identities: Sequence[Identity]) -> None:
+        self.pipeline = pipeline
+        self.swapper = swapper
+        self.identities = list(identities)
+        self.tracking = False
+
+    def process(
+        self, image: np.ndarray, t: float, timings: Timings, detections: list[Detection] | None
+    ) -> FrameResult:
+        result = self.swapper.process(image, t, timings, detections=detections)
+        tracker = getattr(self.swapper, "tracker", None)
+        self.tracking = bool(tracker is not None and tracker.tracks)
+        return result
+
+    def use(self, index: int) -> None:
+        self.swapper.set_source(self.identities[index])
+
+    def add(self, path: str) -> None:
+        self.identities.append(self.pipeline.source(Path(path)))
+
+    def close(self) -> None:
+        pass
+
+
+def _worker_main(local: LocalProcessor, conn: Any) -> None:
+    """Child process: one request at a time from the session's thread, one answer each."""
+    with contextlib.suppress(EOFError, OSError, KeyboardInterrupt):
+        while (msg := conn.recv()) is not None:
+            kind, args = msg
+            try:
+                if kind == "frame":
+                    image, t, detections = args
+                    timings = Timings()
+                    res = local.process(image, t, timings, detections)
+                    swapped = res.image if res.image is not image else None
+                    reply: Any = (swapped, res.faces_found, res.faces_swapped, res.track_ids, timings.ms, local.tracking)
+                elif kind == "use":
+                    reply = local.use(args)
+                else:
+                    reply = local.add(args)
+            except Exception as exc:
+                conn.send(("error", exc))
+                continue
+            conn.send(("ok", reply))
+
+
+class WorkerProcessor:
+    """Tracking and swapping in a forked process (it inherits the loaded models and sources).
+
+    The face work is Python-heavy and holds the GIL; beside it in one process, decoding and
+    encoding threads would wait for the GIL at every step. In its own process it has a core of its
+    own while this process captures and encodes. A frame goes over a pipe (~1 ms for 720p) and comes
+    back only where a face was swapped.
+    """
+
+    def __init__(self, local: LocalProcessor) -> None:
+        ctx = mp.get_context("fork")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_worker_main, args=(local, child), daemon=True, name="facefuse-swap")
+        self._proc.start()
+        child.close()
+        self.tracking = False
+
+    def _call(self, kind: str, args: Any) -> Any:
+        self._conn.send((kind, args))
+        status, reply = self._conn.recv()
+        if status == "error":
+            raise reply
+        return reply
+
+    def process(
+        self, image: np.ndarray, t: float, timings: Timings, detections: list[Detection] | None
+    ) -> FrameResult:
+        swapped, found, n, ids, ms, self.tracking = self._call("frame", (image, t, detections))
+        for name, value in ms.items():
+            timings.ms[name] = timings.ms.get(name, 0.0) + value
+        return FrameResult(image if swapped is None else swapped, found, n, ids)
+
+    def use(self, index: int) -> None:
+        self._call("use", index)
+
+    def add(self, path: str) -> None:
+        self._call("add", path)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            self._conn.send(None)
+        self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join()
+        self._conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
 # The session
 # ---------------------------------------------------------------------------------------------
 
@@ -306,6 +408,7 @@ class LiveSettings:
     # while none is tracked the detector runs back to back.
     detect_interval: float = 1.0
     detector_process: bool = True  # False: detect inside the tracker (one process; for tests)
+    worker_process: bool = True  # False: track and swap on the session's thread (for tests)
     min_face: int = 40  # px: smallest face the detector looks for
 
 
@@ -357,13 +460,18 @@ class LiveSession:
             raise ValueError("a live session needs at least one source")
         self.pipeline = pipeline
         self.settings = settings or LiveSettings()
-        self.sources: list[tuple[str, Identity]] = list(sources)
+        self.sources: list[str] = [name for name, _ in sources]
         self.index = 0
         self.changes = 0
         self.stats = LiveStats()
         tracker = TrackerSettings(min_face=self.settings.min_face)
         make = swapper_factory or (lambda p, s, sel: FrameSwapper(p, s, sel, tracker=tracker))
-        self.swapper = make(pipeline, self.sources[0][1], selection or Selection())
+        swapper = make(pipeline, sources[0][1], selection or Selection())
+        self._tracker_settings = getattr(swapper, "tracker", None) and swapper.tracker.settings
+        local = LocalProcessor(pipeline, swapper, [ident for _, ident in sources])
+        self.processor: LocalProcessor | WorkerProcessor = (
+            WorkerProcessor(local) if self.settings.worker_process else local
+        )
         self._inbox: LatestSlot[LiveFrame] = LatestSlot()
         self._outbox: LatestSlot[LiveResult] = LatestSlot()
         self._commands: queue.SimpleQueue[SourceChange] = queue.SimpleQueue()
@@ -421,7 +529,7 @@ class LiveSession:
 
     @property
     def source_names(self) -> list[str]:
-        return [name for name, _ in self.sources]
+        return list(self.sources)
 
     def close(self, ended: str | None = None) -> LiveSummary:
         """Stop processing (frames in flight are dropped), end the detector, and sum up."""
@@ -435,6 +543,7 @@ class LiveSession:
         if self._detector is not None:
             self._detector.close()
             self._detector = None
+        self.processor.close()
         while True:
             try:
                 self._commands.get_nowait().done.set_exception(FacefuseError("the live session has ended"))
@@ -471,7 +580,7 @@ class LiveSession:
     def _process(self, frame: LiveFrame) -> LiveResult:
         timings = Timings()
         detections = self._detections(frame)
-        result = self.swapper.process(frame.image, frame.t_media, timings, detections=detections)
+        result = self.processor.process(frame.image, frame.t_media, timings, detections)
         self.stats.stage("analyse", timings.ms.get("track", 0.0) + timings.ms.get("select", 0.0))
         self.stats.stage("swap", timings.ms.get("swap", 0.0))
         self.stats.swapped(result.faces_found, result.faces_swapped)
@@ -485,9 +594,9 @@ class LiveSession:
             return None
         found = det.poll()
         now = frame.t_capture
-        tracking = bool(self.swapper.tracker.tracks)
+        tracking = self.processor.tracking
         if not det.busy and (not tracking or now - self._last_detect >= self.settings.detect_interval):
-            _, fine = self.swapper.tracker.settings.scales(frame.image.shape)
+            _, fine = (self._tracker_settings or TrackerSettings()).scales(frame.image.shape)
             det.submit(frame.image, fine)
             self._last_detect = now
         return found or []
@@ -505,12 +614,11 @@ class LiveSession:
 
     def _apply(self, change: SourceChange) -> int:
         if change.path is not None:
-            known = [i for i, (name, _) in enumerate(self.sources) if name == change.path]
-            if known:
-                index = known[0]
+            if change.path in self.sources:
+                index = self.sources.index(change.path)
             else:
-                ident = self.pipeline.source(Path(change.path))
-                self.sources.append((change.path, ident))
+                self.processor.add(change.path)
+                self.sources.append(change.path)
                 index = len(self.sources) - 1
         elif change.index is not None:
             if not -len(self.sources) <= change.index < len(self.sources):
@@ -521,5 +629,5 @@ class LiveSession:
         if index != self.index:
             self.index = index
             self.changes += 1
-            self.swapper.set_source(self.sources[index][1])
+            self.processor.use(index)
         return index

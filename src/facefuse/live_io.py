@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
+import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
@@ -236,8 +238,17 @@ class WindowOutput:
 
     def __init__(self, width: int, height: int, title: str = "facefuse live (AI-generated)") -> None:
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+        chosen = os.environ.get("SDL_VIDEODRIVER")  # set by hand (e.g. dummy for tests): trusted
+        if sys.platform.startswith("linux") and not (
+            chosen or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        ):
+            raise WindowUnavailable(
+                "--output window: no display here (DISPLAY is not set); write a file with --output out.mp4"
+            )
         try:
-            import pygame
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pygame imports the deprecated pkg_resources
+                import pygame
         except ImportError:
             raise WindowUnavailable(
                 "--output window needs pygame: pip install 'facefuse[live]' (or write a file: --output out.mp4)"
@@ -248,6 +259,9 @@ class WindowOutput:
             self.screen = pygame.display.set_mode((width, height))
         except pygame.error as exc:
             raise WindowUnavailable(f"--output window: cannot open a window ({exc}); is there a display?") from None
+        if not chosen and pygame.display.get_driver() in ("offscreen", "dummy"):
+            pygame.display.quit()
+            raise WindowUnavailable("--output window: no display here; write a file with --output out.mp4")
         pygame.display.set_caption(title)
         self.size = (width, height)
 
