@@ -48,7 +48,9 @@ def add_parser(sub: Any, epilog: str = "") -> None:
     inp = live.add_mutually_exclusive_group(required=True)
     inp.add_argument("--camera", type=int, metavar="N", help="camera index (0: the first camera)")
     inp.add_argument(
-        "--input", metavar="PATH", help="a video file or stream, delivered at its own frame rate as a camera would"
+        "--input",
+        metavar="PATH",
+        help="a video file or stream, delivered at its own frame rate as a camera would",
     )
     live.add_argument(
         "-o",
@@ -60,10 +62,13 @@ def add_parser(sub: Any, epilog: str = "") -> None:
     live.add_argument(
         "--control",
         metavar="PORT|PATH",
-        help="accept JSON lines such as {\"source_index\": 1} on this localhost TCP port or Unix socket",
+        help='accept JSON lines such as {"source_index": 1} on this localhost TCP port or Unix socket',
     )
     live.add_argument(
-        "--mode", choices=[Mode.ONE.value, Mode.MANY.value], default=Mode.ONE.value, help="one face or every face"
+        "--mode",
+        choices=[Mode.ONE.value, Mode.MANY.value],
+        default=Mode.ONE.value,
+        help="one face or every face",
     )
     live.add_argument(
         "--order",
@@ -93,7 +98,8 @@ def _open_input(args: argparse.Namespace) -> Any:
     return CameraInput(args.camera)
 
 
-def _open_output(args: argparse.Namespace, source_input: Any, source_type: str) -> tuple[Any, str]:
+def _open_output(args: argparse.Namespace, source_input: Any) -> tuple[Any, str]:
+    """Opened before the models load, so a missing window or virtual camera is reported at once."""
     from facefuse.live_io import FileOutput, VirtualCameraOutput, WindowOutput
     from facefuse.media.video import check_video_output_path
 
@@ -104,7 +110,7 @@ def _open_output(args: argparse.Namespace, source_input: Any, source_type: str) 
         return VirtualCameraOutput(w, h, fps), "display"
     inputs = [*args.source] + ([args.input] if args.input else [])
     path = check_video_output_path(args.output, inputs)
-    return FileOutput(path, w, h, fps, source_type), "encode"
+    return FileOutput(path, w, h, fps), "encode"
 
 
 def cmd_live(args: argparse.Namespace) -> int:
@@ -127,8 +133,9 @@ def cmd_live(args: argparse.Namespace) -> int:
     control = None
     ok = False
     try:
+        output, out_stage = _open_output(args, source_input)
         pipe = Pipeline(detector=DetectorSettings(min_face=args.min_face))
-        output, out_stage = _open_output(args, source_input, pipe.swapper.digital_source_type)
+        output.source_type = pipe.swapper.digital_source_type
         sources = [(src, pipe.source(src)) for src in args.source]
         selection = Selection(mode=Mode(args.mode), order=Order(args.order))
         settings = LiveSettings(detect_interval=args.detect_interval, min_face=args.min_face)

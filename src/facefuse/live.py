@@ -11,12 +11,13 @@ counted as dropped. Nothing queues without bound, so the age of the frame on scr
 about one frame interval plus the processing and output time, however long the session runs.
 
 The swap process follows faces with the video tracker (shape predictor + crop check + One Euro
-smoothing, a few ms a face) and swaps them, one frame at a time, for the session thread. The full-frame detector, which costs 20-300 ms, runs in a
-forked process beside it on the latest frame about once a second (continuously while no face is
-tracked), and its boxes are merged into the tracker when they arrive: new faces are picked up without
-ever stalling the stream. Both processes are forked once, after the models loaded. dlib's models are
-not thread-safe, so everything that touches them (tracking, swapping, loading a new source photo)
-goes through the session thread, between frames; other threads hand it commands.
+smoothing, a few ms a face) and swaps them, one frame at a time, for the session thread. The
+full-frame detector, which costs 20-300 ms, runs in a forked process beside it on the latest frame
+about once a second (continuously while no face is tracked), and its boxes are merged into the
+tracker when they arrive: new faces are picked up without ever stalling the stream. Both processes
+are forked once, after the models loaded. dlib's models are not thread-safe, so everything that
+touches them (tracking, swapping, loading a new source photo) goes through the session thread,
+between frames; other threads hand it commands.
 
 `LiveSession` is the core that the CLI (`facefuse live`) drives and a web client can drive the same
 way: push frames with their capture time, take the latest swapped frame, report it delivered, change
@@ -28,7 +29,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import multiprocessing as mp
+import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -126,6 +129,18 @@ class MinuteStats:
     latency_ms_p50: float
     latency_ms_p95: float
     latency_ms_max: float
+    rss_mb: float | None  # resident memory of the session's processes at the minute's end (Linux)
+
+
+def resident_mb(pids: Sequence[int]) -> float | None:
+    """Resident memory of these processes in MiB, from /proc (None where there is no /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    return round(total * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 @dataclass
@@ -154,8 +169,9 @@ class LiveSummary:
 class LiveStats:
     """Counters, per-stage times and latency, updated from several threads under one lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory: Callable[[], float | None] = lambda: None) -> None:
         self._lock = threading.Lock()
+        self._memory = memory
         self.frames_in = 0
         self.frames_out = 0
         self.frames_dropped = 0
@@ -210,7 +226,12 @@ class LiveStats:
             return
         h = self._minute
         row = MinuteStats(
-            self._minute_index, self._minute_frames, h.percentile(50), h.percentile(95), round(h.max_ms, 1)
+            self._minute_index,
+            self._minute_frames,
+            h.percentile(50),
+            h.percentile(95),
+            round(h.max_ms, 1),
+            self._memory(),
         )
         if self.first_minute is None:
             self.first_minute = row
@@ -249,8 +270,15 @@ class LiveStats:
 # ---------------------------------------------------------------------------------------------
 
 
+def _ignore_interrupts() -> None:
+    """Ctrl-C reaches the whole process group; the parent ends the children in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _detector_main(pipeline: Pipeline, conn: Any) -> None:
     """Child process: frames in, detections out, until the pipe closes or says stop."""
+    _ignore_interrupts()
     with contextlib.suppress(EOFError, OSError, KeyboardInterrupt):
         while True:
             job = conn.recv()
@@ -329,6 +357,7 @@ class LocalProcessor:
 
 def _worker_main(local: LocalProcessor, conn: Any) -> None:
     """Child process: one request at a time from the session's thread, one answer each."""
+    _ignore_interrupts()
     with contextlib.suppress(EOFError, OSError, KeyboardInterrupt):
         while (msg := conn.recv()) is not None:
             kind, args = msg
@@ -338,7 +367,14 @@ def _worker_main(local: LocalProcessor, conn: Any) -> None:
                     timings = Timings()
                     res = local.process(image, t, timings, detections)
                     swapped = res.image if res.image is not image else None
-                    reply: Any = (swapped, res.faces_found, res.faces_swapped, res.track_ids, timings.ms, local.tracking)
+                    reply: Any = (
+                        swapped,
+                        res.faces_found,
+                        res.faces_swapped,
+                        res.track_ids,
+                        timings.ms,
+                        local.tracking,
+                    )
                 elif kind == "use":
                     reply = local.use(args)
                 else:
@@ -367,8 +403,11 @@ class WorkerProcessor:
         self.tracking = False
 
     def _call(self, kind: str, args: Any) -> Any:
-        self._conn.send((kind, args))
-        status, reply = self._conn.recv()
+        try:
+            self._conn.send((kind, args))
+            status, reply = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            raise FacefuseError(f"the live swap process ended unexpectedly ({type(exc).__name__})") from exc
         if status == "error":
             raise reply
         return reply
@@ -463,7 +502,7 @@ class LiveSession:
         self.sources: list[str] = [name for name, _ in sources]
         self.index = 0
         self.changes = 0
-        self.stats = LiveStats()
+        self.stats = LiveStats(lambda: resident_mb(self.pids))
         tracker = TrackerSettings(min_face=self.settings.min_face)
         make = swapper_factory or (lambda p, s, sel: FrameSwapper(p, s, sel, tracker=tracker))
         swapper = make(pipeline, sources[0][1], selection or Selection())
@@ -516,7 +555,9 @@ class LiveSession:
 
     # -- control ------------------------------------------------------------------------------
 
-    def change_source(self, *, index: int | None = None, step: int = 0, path: str | None = None) -> Future[int]:
+    def change_source(
+        self, *, index: int | None = None, step: int = 0, path: str | None = None
+    ) -> Future[int]:
         """Switch to source `index`, `step` away from the current one, or a new photo at `path`
         (analysed once on the processing thread; models are not loaded again). The future gives
         the new source index, or the error (e.g. NoSourceFace) for a bad photo or index."""
@@ -526,6 +567,16 @@ class LiveSession:
         else:
             self._commands.put(change)
         return change.done
+
+    @property
+    def pids(self) -> list[int]:
+        """This process and the session's worker processes."""
+        pids = [os.getpid()]
+        for proc in (self.processor, self._detector):
+            pid = getattr(getattr(proc, "_proc", None), "pid", None)
+            if pid is not None:
+                pids.append(pid)
+        return pids
 
     @property
     def source_names(self) -> list[str]:
@@ -540,6 +591,11 @@ class LiveSession:
         while (left := self._outbox.take(0)) is not None:
             self.stats.dropped()
             del left
+        ended = "error" if self._error is not None else self._ended
+        # Summed up while the worker processes still run, so the last minute's memory includes them.
+        summary = self.stats.summary(
+            sources=self.source_names, index=self.index, changes=self.changes, ended=ended
+        )
         if self._detector is not None:
             self._detector.close()
             self._detector = None
@@ -549,10 +605,7 @@ class LiveSession:
                 self._commands.get_nowait().done.set_exception(FacefuseError("the live session has ended"))
             except queue.Empty:
                 break
-        ended = "error" if self._error is not None else self._ended
-        return self.stats.summary(
-            sources=self.source_names, index=self.index, changes=self.changes, ended=ended
-        )
+        return summary
 
     def _raise_error(self) -> None:
         if self._error is not None:

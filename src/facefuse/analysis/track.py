@@ -352,7 +352,9 @@ class FaceTracker:
             if tr.missed:
                 tr.missed = 0
                 tr.hits += 1
-            if reseed and iou < 0.5:  # the track has drifted off its face: start its points again from the detection
+            if (
+                reseed and iou < 0.5
+            ):  # the track has drifted off its face: start its points again from the detection
                 tr.raw_68 = self.analyser.landmarks(frame, boxes[bi])
         for bi, det in enumerate(found):
             if bi not in used_b:
