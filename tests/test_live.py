@@ -175,7 +175,7 @@ def test_a_slow_swap_drops_frames_and_latency_stays_bounded(pipe, sources, frame
     assert summary.frames_in == 270
     assert summary.frames_in == summary.frames_out + summary.frames_dropped
     assert summary.frames_dropped > 150  # ~10 fps out of 30 in: most frames must be dropped ...
-    assert summary.frames_out == len(delivered) > 40
+    assert summary.frames_out == len(delivered) > 20
     # ... so that none waits: the age on screen is about one frame interval + one (slow) processing.
     # Queued instead of dropped, frames would age ~0.2 s more with every 0.1 s of input: the last
     # one would be ~20 s old. The slack covers a machine shared with other work.

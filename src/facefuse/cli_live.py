@@ -149,8 +149,9 @@ def cmd_live(args: argparse.Namespace) -> int:
             from facefuse.live_io import ControlServer
 
             control = ControlServer(args.control, session, quit_session)
+        capture_errors: list[BaseException] = []
         capture = threading.Thread(
-            target=source_input.run, args=(session, stop, session.stats.stage), daemon=True, name="capture"
+            target=_capture, args=(source_input, session, stop, capture_errors), daemon=True, name="capture"
         )
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         ended = None
@@ -163,6 +164,8 @@ def cmd_live(args: argparse.Namespace) -> int:
             stop.set()
             capture.join()
             signal.signal(signal.SIGTERM, previous)
+        if capture_errors:
+            raise capture_errors[0]
         summary = session.close(ended)
         session = None
         ok = True
@@ -178,6 +181,15 @@ def cmd_live(args: argparse.Namespace) -> int:
     if hasattr(source_input, "check"):
         source_input.check()  # a camera that went away: the summary is out, now the exit code
     return ExitCode.OK
+
+
+def _capture(source_input: Any, session: Any, stop: threading.Event, errors: list[BaseException]) -> None:
+    """The capture thread: an input that fails still ends the session, so the output loop stops."""
+    try:
+        source_input.run(session, stop, session.stats.stage)
+    except BaseException as exc:
+        errors.append(exc)
+        session.end_input("error")
 
 
 def _output_loop(session: Any, output: Any, out_stage: str, stop: threading.Event) -> str | None:
