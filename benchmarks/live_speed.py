@@ -240,6 +240,7 @@ def main() -> int:
                 f"{last['minute']}) {last['latency_ms_p95']:.0f} ms; per minute: "
                 + ", ".join(f"{m['latency_ms_p95']:.0f}" for m in r["minutes"])
             )
+            print("    resident MiB per minute: " + ", ".join(str(m["rss_mb"]) for m in r["minutes"]))
     return 0
 
 

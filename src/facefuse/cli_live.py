@@ -50,7 +50,7 @@ def add_parser(sub: Any, epilog: str = "") -> None:
     inp.add_argument(
         "--input",
         metavar="PATH",
-        help="a video file or stream, delivered at its own frame rate as a camera would",
+        help="a video file, delivered at its own frame rate as a camera would",
     )
     live.add_argument(
         "-o",
