@@ -34,6 +34,7 @@ examples:
   facefuse swap -s me.jpg -t clip.mp4 -o out.mp4 --trim-start 5 --trim-end 300f --crf 20
   facefuse swap -s me.jpg -t clip.mp4 -o still.png --frame 120   preview one frame
   facefuse swap -s me.jpg -t clip.mp4 -o out.mp4 --resume         continue an interrupted run
+  facefuse live -s me.jpg --camera 0               swap on a camera stream in real time
   facefuse inspect out.jpg                         show the AI label and verify the manifest
 """
 
@@ -171,11 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     demo.set_defaults(func=cmd_demo)
 
-    from facefuse import cli_models, cli_service, cli_worker
+    from facefuse import cli_live, cli_models, cli_service, cli_worker
 
     cli_models.add_parser(sub)
     cli_service.add_parser(sub)
     cli_worker.add_parser(sub)
+    cli_live.add_parser(sub, exit_codes_text())
     return parser
 
 

@@ -38,6 +38,12 @@ class ExitCode(IntEnum):
     SCALE_CONFIG = 35  # serve/worker scale-out: a bad --broker/--storage, or the scale-out extras missing
     BROKER_UNREACHABLE = 36  # serve/worker: the Redis broker does not answer
     STORAGE_UNREACHABLE = 37  # serve/worker: the shared folder or bucket cannot be used
+    # Live (40-49)
+    NO_CAMERA = 40  # live: the camera cannot be opened
+    VIRTUAL_CAMERA_UNAVAILABLE = 41  # live: --output virtual, but no virtual camera backend
+    WINDOW_UNAVAILABLE = 42  # live: --output window, but no GUI library or no display
+    CONTROL_UNAVAILABLE = 43  # live: the --control port or socket cannot be opened
+    CAMERA_LOST = 44  # live: the camera stopped delivering frames mid-session (summary still given)
     INTERRUPTED = 130
 
 
@@ -68,6 +74,12 @@ EXIT_CODE_HELP = {
     ExitCode.SCALE_CONFIG: "serve/worker: bad --broker or --storage, or facefuse[scale] not installed",
     ExitCode.BROKER_UNREACHABLE: "serve/worker: the Redis broker (--broker) does not answer",
     ExitCode.STORAGE_UNREACHABLE: "serve/worker: the --storage folder or bucket cannot be used",
+    ExitCode.NO_CAMERA: "live: the camera does not exist or cannot be opened",
+    ExitCode.VIRTUAL_CAMERA_UNAVAILABLE: "live: no virtual camera on this system (pip install "
+    "'facefuse[live]' and a backend such as v4l2loopback or OBS)",
+    ExitCode.WINDOW_UNAVAILABLE: "live: no preview window (pip install 'facefuse[live]'; needs a display)",
+    ExitCode.CONTROL_UNAVAILABLE: "live: the --control port or socket cannot be opened",
+    ExitCode.CAMERA_LOST: "live: the camera stopped delivering frames mid-session (summary still given)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); nothing was written at the output path",
 }
 
@@ -179,3 +191,23 @@ class BrokerUnreachable(FacefuseError):
 
 class StorageUnreachable(FacefuseError):
     exit_code = ExitCode.STORAGE_UNREACHABLE
+
+
+class NoCamera(FacefuseError):
+    exit_code = ExitCode.NO_CAMERA
+
+
+class VirtualCameraUnavailable(FacefuseError):
+    exit_code = ExitCode.VIRTUAL_CAMERA_UNAVAILABLE
+
+
+class WindowUnavailable(FacefuseError):
+    exit_code = ExitCode.WINDOW_UNAVAILABLE
+
+
+class ControlUnavailable(FacefuseError):
+    exit_code = ExitCode.CONTROL_UNAVAILABLE
+
+
+class CameraLost(FacefuseError):
+    exit_code = ExitCode.CAMERA_LOST

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from facefuse.analysis.detect import Detection
 from facefuse.analysis.select import Mode, Selection, select_faces
 from facefuse.analysis.track import FaceTracker, Track, TrackerSettings
 from facefuse.pipeline import Identity, Pipeline, Timings
@@ -71,11 +72,21 @@ class FrameSwapper:
         """Swap in another identity from the next frame on; tracks and choices are kept."""
         self.source = source
 
-    def process(self, frame: np.ndarray, t: float, timings: Timings | None = None) -> FrameResult:
-        """Swap into one RGB uint8 frame; `t` is its time in seconds (frames must come in order)."""
+    def process(
+        self,
+        frame: np.ndarray,
+        t: float,
+        timings: Timings | None = None,
+        *,
+        detections: Sequence[Detection] | None = None,
+    ) -> FrameResult:
+        """Swap into one RGB uint8 frame; `t` is its time in seconds (frames must come in order).
+
+        `detections`: see FaceTracker.update (detection done elsewhere; None: the tracker detects).
+        """
         timings = timings or Timings()
         with timings.stage("track"):
-            tracks = self.tracker.update(frame, t)
+            tracks = self.tracker.update(frame, t, detections=detections)
         with timings.stage("select"):
             plan = self._decide(tracks)
         out = frame

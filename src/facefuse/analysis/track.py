@@ -249,8 +249,15 @@ class FaceTracker:
         """Ids of every track still alive, including ones missing from the latest frame."""
         return {tr.id for tr in self.tracks}
 
-    def update(self, frame: np.ndarray, t: float) -> list[Track]:
-        """Advance every track to this frame (RGB uint8); the tracks seen in it, oldest first."""
+    def update(
+        self, frame: np.ndarray, t: float, *, detections: Sequence[Detection] | None = None
+    ) -> list[Track]:
+        """Advance every track to this frame (RGB uint8); the tracks seen in it, oldest first.
+
+        With `detections` (found elsewhere, e.g. by a detector running beside a live stream on a
+        slightly older frame) the tracker runs no detector of its own: those boxes are matched to
+        the tracks and unmatched ones start new tracks; pass an empty list on frames without news.
+        """
         frame = np.ascontiguousarray(frame)
         st = self.settings
         cut = self._cuts(frame)
@@ -263,7 +270,10 @@ class FaceTracker:
         self._since_detect += 1
         self._since_fine += 1
         regular, fine = st.scales(frame.shape)
-        if cut or self._since_fine >= st.fine_every:
+        if detections is not None:
+            if detections:
+                self._merge(frame, t, list(detections), reseed=False)
+        elif cut or self._since_fine >= st.fine_every:
             self._detect(frame, t, fine)
         elif self._due(regular_interval=st.search_every if not self.tracks else st.detect_every):
             self._detect(frame, t, regular)
@@ -310,7 +320,12 @@ class FaceTracker:
         self._since_detect = 0
         if scale > st.scales(frame.shape)[0]:
             self._since_fine = 0
-        found = self.analyser.detector.run(frame, scale)
+        self._merge(frame, t, self.analyser.detector.run(frame, scale), reseed=True)
+
+    def _merge(self, frame: np.ndarray, t: float, found: list[Detection], *, reseed: bool) -> None:
+        """Match detections to tracks by overlap; unmatched ones start tracks. `reseed`: a track that
+        drifted off its detection restarts from it (not for detections made on an older frame)."""
+        st = self.settings
         found = [d for d in found if d.box[2] - d.box[0] >= st.min_face]
         boxes = [d.box for d in found]
         current = [detector_box(tr.raw_68) for tr in self.tracks]
@@ -331,7 +346,9 @@ class FaceTracker:
             if tr.missed:
                 tr.missed = 0
                 tr.hits += 1
-            if iou < 0.5:  # the track has drifted off its face: start its points again from the detection
+            if (
+                reseed and iou < 0.5
+            ):  # the track has drifted off its face: start its points again from the detection
                 tr.raw_68 = self.analyser.landmarks(frame, boxes[bi])
         for bi, det in enumerate(found):
             if bi not in used_b:
