@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gc
 import multiprocessing as mp
 import os
 import queue
@@ -47,6 +46,7 @@ from facefuse.analysis.detect import Detection
 from facefuse.analysis.select import Selection
 from facefuse.analysis.track import TrackerSettings
 from facefuse.errors import FacefuseError
+from facefuse.forking import start_forked
 from facefuse.pipeline import Identity, Pipeline, Timings
 from facefuse.stream import FrameResult, FrameSwapper
 
@@ -271,18 +271,6 @@ class LiveStats:
 # ---------------------------------------------------------------------------------------------
 
 
-def _start_forked(proc: Any) -> None:
-    """Fork with every existing object frozen out of the child's garbage collector: otherwise the
-    child may collect the parent's leftover garbage, whose finalizers (an encoder's, say) reach for
-    threads that exist only in the parent, and crash."""
-    gc.collect()
-    gc.freeze()
-    try:
-        proc.start()
-    finally:
-        gc.unfreeze()
-
-
 def _ignore_interrupts() -> None:
     """Ctrl-C reaches the whole process group; the parent ends the children in order."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -309,7 +297,7 @@ class DetectorProcess:
         ctx = mp.get_context("fork")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_detector_main, args=(pipeline, child), daemon=True)
-        _start_forked(self._proc)
+        start_forked([self._proc])
         child.close()
         self.busy = False
 
@@ -411,7 +399,7 @@ class WorkerProcessor:
         ctx = mp.get_context("fork")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_worker_main, args=(local, child), daemon=True, name="facefuse-swap")
-        _start_forked(self._proc)
+        start_forked([self._proc])
         child.close()
         self.tracking = False
 

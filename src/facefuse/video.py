@@ -50,6 +50,7 @@ from facefuse.errors import (
     OutputWriteFailed,
     ResumeMismatch,
 )
+from facefuse.forking import start_forked
 from facefuse.media import video as media
 from facefuse.media.image import _current_umask
 from facefuse.pipeline import Timings
@@ -821,8 +822,7 @@ class VideoJob:
             ctx.Process(target=_worker_main, args=(runner, tasks, results, done_frames), daemon=True)
             for _ in range(workers)
         ]
-        for proc in procs:
-            proc.start()
+        start_forked(procs)
         base = progress.done
         remaining = len(pending)
         try:
