@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from facefuse.analysis.face import Face
 from facefuse.analysis.select import Mode, Selection, select_faces
 from facefuse.analysis.track import FaceTracker, Track, TrackerSettings
 from facefuse.pipeline import Identity, Pipeline, Timings
@@ -109,26 +110,28 @@ class FrameSwapper:
         swapper = self.pipeline.swapper
         if not callable(getattr(swapper, "run_batch", None)):
             return [self.process(frame, t, timings) for frame, t in frames]
-        plans = []
+        # Tracks live on across frames (their face is updated in place): keep each frame's own faces.
+        plans: list[tuple[int, list[tuple[int, Face, Identity]]]] = []
         for frame, t in frames:
             with timings.stage("track"):
                 tracks = self.tracker.update(frame, t)
             with timings.stage("select"):
-                plans.append((tracks, self._decide(tracks)))
+                plan = [(tr.id, tr.face, ident) for tr, ident in self._decide(tracks)]
+            plans.append((len(tracks), plan))
         outs = [frame for frame, _ in frames]
         enhancer = self.pipeline.enhancer
         with timings.stage("swap"):
             for r in range(max(len(plan) for _, plan in plans)):
                 jobs = [(i, plan[r]) for i, (_, plan) in enumerate(plans) if len(plan) > r]
-                pending = [swapper.begin(outs[i], tr.face, ident.prepared) for i, (tr, ident) in jobs]
+                pending = [swapper.begin(outs[i], face, ident.prepared) for i, (_, face, ident) in jobs]
                 swapped = swapper.run_batch(pending)
-                for (i, (tr, _)), p, phases in zip(jobs, pending, swapped, strict=True):
+                for (i, (_, face, _)), p, phases in zip(jobs, pending, swapped, strict=True):
                     outs[i] = swapper.finish(outs[i], p, phases)
                     if enhancer is not None:
-                        outs[i] = enhancer.enhance(outs[i], tr.face)
+                        outs[i] = enhancer.enhance(outs[i], face)
         return [
-            FrameResult(out, len(tracks), len(plan), [tr.id for tr, _ in plan])
-            for out, (tracks, plan) in zip(outs, plans, strict=True)
+            FrameResult(out, found, len(plan), [tid for tid, _, _ in plan])
+            for out, (found, plan) in zip(outs, plans, strict=True)
         ]
 
     @property
