@@ -1,14 +1,13 @@
 """The inswapper_128 replica (scripts/build_inswapper_random.py) and the PyTorch backend that loads it.
 
-The full-size replica (~554 MB, 138.3M parameters) is built once per module in a temporary folder
-that is removed afterwards; numerics run on as few faces as cover batch 1, batch 3 and bucketing.
+The full-size replica (~554 MB, 138.3M parameters) is built once per test session (conftest's
+`inswapper_replica`) in a temporary folder that is removed afterwards; numerics run on as few faces
+as cover batch 1, batch 3 and bucketing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import shutil
 import tempfile
 from pathlib import Path
@@ -58,16 +57,11 @@ def workdir():
 
 
 @pytest.fixture(scope="module")
-def replica_path(workdir: Path) -> Path:
-    if shutil.disk_usage(workdir).free < 2e9:
-        pytest.fail(f"{workdir}: under 2 GB free; the replica needs ~0.6 GB")
-    out = workdir / "inswapper_128_replica.onnx"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert _script().main([str(out), "--seed", "7"]) == 0
+def replica_path(inswapper_replica: tuple[Path, str]) -> Path:
+    out, printed = inswapper_replica  # built once per session (conftest), shared with the CLI tests
     # The script's own figures, counted from the graph it wrote.
-    assert "parameters: 138.29M" in printed.getvalue()
-    assert "MACs per face: 174.58 G" in printed.getvalue()
+    assert "parameters: 138.29M" in printed
+    assert "MACs per face: 174.58 G" in printed
     return out
 
 

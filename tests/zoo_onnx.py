@@ -50,9 +50,12 @@ def _zero_init(prefix: str, dtype=np.float32) -> onnx.TensorProto:
 # -- swappers ---------------------------------------------------------------------------------------------
 
 
-def inswapper(emap: np.ndarray, *, fp16: bool = False, probe: bool = False) -> onnx.ModelProto:
+def inswapper(
+    emap: np.ndarray, *, fp16: bool = False, probe: bool = False, invert: bool = False
+) -> onnx.ModelProto:
     """'target' [1,3,128,128] + 'source' [1,512] -> [1,3,128,128]: the target crop unchanged (or, with
-    `probe`, a crop whose channel c is source[0, c]). The emap is the last initializer, as in the real file;
+    `probe`, a crop whose channel c is source[0, c]; with `invert`, 1 - target: a visible change that
+    follows the target pixel for pixel). The emap is the last initializer, as in the real file;
     the fp16 variant computes in float16 between float32 I/O and stores its emap as float16."""
     target = helper.make_tensor_value_info("target", F32, [1, 3, 128, 128])
     source = helper.make_tensor_value_info("source", F32, [1, 512])
@@ -71,6 +74,12 @@ def inswapper(emap: np.ndarray, *, fp16: bool = False, probe: bool = False) -> o
             helper.make_node("Reshape", ["first3", "shape3"], ["tint"]),
             helper.make_node("Mul", ["target", "s_zero"], ["tzero"]),
             helper.make_node("Add", ["tzero", "tint"], ["output"]),
+        ]
+    elif invert:
+        inits.append(_t("one", np.ones((), np.float32)))
+        nodes += [
+            helper.make_node("Sub", ["one", "target"], ["inv"]),
+            helper.make_node("Add", ["inv", "szero"], ["output"]),
         ]
     elif fp16:
         nodes += [

@@ -116,10 +116,14 @@ def _load(args: argparse.Namespace, maps: Sequence[tuple[str, str]]) -> tuple[An
     return pipe, source, reference, people, selection
 
 
-def _frame_swapper(pipe: Any, source: Any, reference: Any, people: Any, selection: Selection) -> Any:
+def _frame_swapper(
+    pipe: Any, source: Any, reference: Any, people: Any, selection: Selection, batch_frames: int = 1
+) -> Any:
     from facefuse.stream import FrameSwapper
 
-    return FrameSwapper(pipe, source, selection, reference=reference, people=people)
+    return FrameSwapper(
+        pipe, source, selection, reference=reference, people=people, batch_frames=batch_frames
+    )
 
 
 def _check_pixels(info: media.VideoInfo, max_pixels: int) -> None:
@@ -200,7 +204,9 @@ def _whole_video(
         info=info,
         output=output,
         options=options,
-        make_processor=lambda: _frame_swapper(pipe, source, reference, people, selection),
+        make_processor=lambda: _frame_swapper(
+            pipe, source, reference, people, selection, batch_frames=args.batch_frames
+        ),
         key=key,
         source_type=pipe.swapper.digital_source_type,
         show_progress=sys.stderr.isatty() and not args.json,

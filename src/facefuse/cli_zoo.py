@@ -10,7 +10,18 @@ from facefuse.cli_models import add_model_arguments, store_and_pool_from_args
 from facefuse.errors import ExitCode, FacefuseError
 from facefuse.masks.bisenet import DEFAULT_REGIONS, REGIONS
 from facefuse.masks.combine import MASK_TYPES
-from facefuse.zoo import DETECTORS, ENHANCERS, LANDMARKERS, PIXEL_BOOSTS, RECOGNISERS, SWAPPERS, ModelChoice
+from facefuse.zoo import (
+    DETECTORS,
+    ENHANCERS,
+    LANDMARKERS,
+    PIXEL_BOOSTS,
+    RECOGNISERS,
+    SWAPPER_BACKENDS,
+    SWAPPERS,
+    ModelChoice,
+)
+
+DEFAULT_BATCH_FRAMES = 16
 
 
 class ZooUsageError(FacefuseError):
@@ -31,6 +42,13 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
         "--recogniser", choices=RECOGNISERS, default="dlib", help="identity descriptors (default dlib)"
     )
     group.add_argument("--swapper", choices=SWAPPERS, default="mesh", help="face swapper (default mesh)")
+    group.add_argument(
+        "--swapper-backend",
+        choices=SWAPPER_BACKENDS,
+        default="onnx",
+        help="what runs inswapper_128(_fp16): onnx (onnxruntime, the execution providers below) or torch "
+        "(PyTorch: CUDA fp16 with CUDA graphs on a GPU, else CPU fp32; needs the `gpu` extra) (default onnx)",
+    )
     group.add_argument("--enhancer", choices=list(ENHANCERS), help="restore each swapped face afterwards")
     group.add_argument(
         "--enhancer-blend",
@@ -73,6 +91,14 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
         help="paste a learned swapper's output as is (as FaceFusion does) instead of its change, "
         "dropping the target's detail finer than the model's crop",
     )
+    group.add_argument(
+        "--batch-frames",
+        type=int,
+        default=DEFAULT_BATCH_FRAMES,
+        metavar="N",
+        help="video with a learned swapper: look ahead N frames and run all their faces through one "
+        f"model call (the GPU backend is fast at 16-64); 1 turns it off (default {DEFAULT_BATCH_FRAMES})",
+    )
     add_model_arguments(parser)
 
 
@@ -81,6 +107,8 @@ def _split(text: str) -> tuple[str, ...]:
 
 
 def choice_from_args(args: argparse.Namespace) -> ModelChoice:
+    if args.batch_frames < 1:
+        raise ZooUsageError("--batch-frames must be at least 1")
     if not 0 <= args.enhancer_blend <= 100:
         raise ZooUsageError("--enhancer-blend must lie in 0..100")
     try:
@@ -89,6 +117,7 @@ def choice_from_args(args: argparse.Namespace) -> ModelChoice:
             landmarker=args.landmarker,
             recogniser=args.recogniser,
             swapper=args.swapper,
+            swapper_backend=args.swapper_backend,
             enhancer=args.enhancer,
             enhancer_blend=args.enhancer_blend / 100.0,
             codeformer_fidelity=args.codeformer_fidelity,

@@ -32,6 +32,7 @@ class ExitCode(IntEnum):
     MODEL_UNKNOWN = 23  # no model of that name in the registry
     MODEL_DOWNLOAD_FAILED = 24  # network or server error during `facefuse models download`
     MODEL_UNSUPPORTED = 25  # a readable model file whose graph is not the architecture a backend implements
+    BACKEND_UNAVAILABLE = 26  # --swapper-backend torch without PyTorch installed
     # Service (30-39)
     SERVICE_CONFIG = 30  # `facefuse serve`: unworkable settings (e.g. a non-local host, no API keys)
     SERVICE_DATA_DIR = 31  # `facefuse serve`: the data folder cannot be created or written
@@ -69,6 +70,7 @@ EXIT_CODE_HELP = {
     ExitCode.MODEL_UNKNOWN: "no model of that name (see `facefuse models list`)",
     ExitCode.MODEL_DOWNLOAD_FAILED: "a model download failed (rerun to resume it)",
     ExitCode.MODEL_UNSUPPORTED: "a model file is not the architecture the chosen backend implements",
+    ExitCode.BACKEND_UNAVAILABLE: "--swapper-backend torch needs PyTorch (pip install 'facefuse[gpu]')",
     ExitCode.SERVICE_CONFIG: "serve: the settings cannot work (e.g. a non-local --host without API keys)",
     ExitCode.SERVICE_DATA_DIR: "serve: the data folder cannot be created or written",
     ExitCode.SCALE_CONFIG: "serve/worker: bad --broker or --storage, or facefuse[scale] not installed",
@@ -171,6 +173,10 @@ class ModelDownloadFailed(ModelError):
 
 class ModelUnsupported(ModelError):
     exit_code = ExitCode.MODEL_UNSUPPORTED
+
+
+class BackendUnavailable(ModelError):
+    exit_code = ExitCode.BACKEND_UNAVAILABLE
 
 
 class ServiceConfigError(FacefuseError):

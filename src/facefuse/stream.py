@@ -3,6 +3,10 @@
 >>> swapper = FrameSwapper(pipe, pipe.source("me.jpg"), Selection(mode=Mode.MANY))
 >>> for rgb, t in frames:
 ...     result = swapper.process(rgb, t)
+
+With a learned swapper, `process_batch` takes several consecutive frames at once and runs every face
+among them through one model call (what makes the GPU backend fast); its output is the same as
+calling `process` on each frame in turn.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from facefuse.analysis.detect import Detection
+from facefuse.analysis.face import Face
 from facefuse.analysis.select import Mode, Selection, select_faces
 from facefuse.analysis.track import FaceTracker, Track, TrackerSettings
 from facefuse.pipeline import Identity, Pipeline, Timings
@@ -44,8 +49,14 @@ class FrameSwapper:
         reference: np.ndarray | None = None,
         people: Sequence[tuple[Identity, np.ndarray]] = (),
         tracker: TrackerSettings | None = None,
+        batch_frames: int = 1,
     ) -> None:
+        """`batch_frames`: how many consecutive frames a video run may hand to `process_batch` at once
+        (1: one at a time); only swappers with batched model calls (learned ones) use more."""
+        if batch_frames < 1:
+            raise ValueError("batch_frames must be at least 1")
         self.pipeline = pipeline
+        self.batch_frames = batch_frames if callable(getattr(pipeline.swapper, "run_batch", None)) else 1
         self.source = source
         self.selection = (selection or Selection()).resolved(pipeline.analyser.same_person)
         self.reference = reference
@@ -94,6 +105,45 @@ class FrameSwapper:
             for track, ident in plan:
                 out = self.pipeline.swap_face(out, track.face, ident)
         return FrameResult(out, len(tracks), len(plan), [tr.id for tr, _ in plan])
+
+    def process_batch(
+        self, frames: Sequence[tuple[np.ndarray, float]], timings: Timings | None = None
+    ) -> list[FrameResult]:
+        """`process` for consecutive (frame, t) pairs, sharing the swapper's model calls between them.
+
+        Faces are swapped in rounds: round r takes the r-th planned face of every frame, so a frame's
+        second face is cropped from that frame after its first was pasted (and enhanced), exactly as
+        the one-frame path does. Most frames hold one face, so one round covers the batch.
+        """
+        timings = timings or Timings()
+        if not frames:
+            return []
+        swapper = self.pipeline.swapper
+        if not callable(getattr(swapper, "run_batch", None)):
+            return [self.process(frame, t, timings) for frame, t in frames]
+        # Tracks live on across frames (their face is updated in place): keep each frame's own faces.
+        plans: list[tuple[int, list[tuple[int, Face, Identity]]]] = []
+        for frame, t in frames:
+            with timings.stage("track"):
+                tracks = self.tracker.update(frame, t)
+            with timings.stage("select"):
+                plan = [(tr.id, tr.face, ident) for tr, ident in self._decide(tracks)]
+            plans.append((len(tracks), plan))
+        outs = [frame for frame, _ in frames]
+        enhancer = self.pipeline.enhancer
+        with timings.stage("swap"):
+            for r in range(max(len(plan) for _, plan in plans)):
+                jobs = [(i, plan[r]) for i, (_, plan) in enumerate(plans) if len(plan) > r]
+                pending = [swapper.begin(outs[i], face, ident.prepared) for i, (_, face, ident) in jobs]
+                swapped = swapper.run_batch(pending)
+                for (i, (_, face, _)), p, phases in zip(jobs, pending, swapped, strict=True):
+                    outs[i] = swapper.finish(outs[i], p, phases)
+                    if enhancer is not None:
+                        outs[i] = enhancer.enhance(outs[i], face)
+        return [
+            FrameResult(out, found, len(plan), [tid for tid, _, _ in plan])
+            for out, (found, plan) in zip(outs, plans, strict=True)
+        ]
 
     @property
     def _single(self) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from facefuse.analysis.detect import Detector, DetectorSettings, HogDetector
 from facefuse.analysis.landmarks import Landmarker
 from facefuse.analysis.recognise import Recogniser
+from facefuse.errors import BackendUnavailable
 from facefuse.masks.bisenet import DEFAULT_REGIONS, region_ids
 from facefuse.masks.combine import MASK_TYPES, MaskSet
 from facefuse.models.sessions import SessionPool
@@ -29,6 +30,10 @@ _REGISTRY_NAME = {"yunet": "yunet_2023_mar"}
 LANDMARKERS = ("dlib", "2dfan4")
 RECOGNISERS = ("dlib", "arcface_w600k_r50")
 SWAPPERS = ("mesh", "inswapper_128", "inswapper_128_fp16", "simswap_256")
+# onnx: onnxruntime with the pool's execution providers; torch: facefuse.swap.inswapper_torch (CUDA fp16
+# with CUDA graphs where a GPU is visible, else CPU fp32), for the inswapper family only.
+SWAPPER_BACKENDS = ("onnx", "torch")
+TORCH_SWAPPERS = ("inswapper_128", "inswapper_128_fp16")
 ENHANCERS = {"gfpgan_1.4": "gfpgan", "codeformer": "codeformer", "gpen_bfr_512": "gpen"}
 PIXEL_BOOSTS = (128, 256, 512, 768, 1024)
 EMBEDDER = "arcface_w600k_r50"  # what inswapper's emap and SimSwap's converter expect
@@ -54,6 +59,7 @@ class ModelChoice:
     pixel_boost: int | None = None  # crop size for learned swappers; None: the model's own
     keep_detail: bool = True  # learned swappers paste their change, keeping detail finer than the crop
     detector_size: int = 640
+    swapper_backend: str = "onnx"
 
     def __post_init__(self) -> None:
         checks = [
@@ -65,6 +71,14 @@ class ModelChoice:
         for what, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+        if self.swapper_backend not in SWAPPER_BACKENDS:
+            raise ValueError(
+                f"unknown swapper backend {self.swapper_backend!r}; choose from {', '.join(SWAPPER_BACKENDS)}"
+            )
+        if self.swapper_backend == "torch" and self.swapper not in TORCH_SWAPPERS:
+            raise ValueError(
+                f"the torch swapper backend runs {' and '.join(TORCH_SWAPPERS)} only, not {self.swapper}"
+            )
         if self.enhancer is not None and self.enhancer not in ENHANCERS:
             raise ValueError(f"unknown enhancer {self.enhancer!r}; choose from {', '.join(ENHANCERS)}")
         for m in self.masks:
@@ -157,11 +171,9 @@ class Zoo:
 
         embedder = recogniser if isinstance(recogniser, ArcFaceRecogniser) else self.embedder()
         if ch.swapper.startswith("inswapper"):
-            from facefuse.models.onnx_io import last_initializer
-            from facefuse.swap.inswapper import InswapperSwapper, OnnxInswapper
+            from facefuse.swap.inswapper import InswapperSwapper
 
-            net = OnnxInswapper(self.session(ch.swapper), model=ch.swapper)
-            emap = last_initializer(self.pool.store.path(ch.swapper), ch.swapper)
+            net, emap = self._inswapper_net()
             return InswapperSwapper(
                 net,
                 emap,
@@ -183,6 +195,32 @@ class Zoo:
             pixel_boost=ch.pixel_boost,
             name=ch.swapper,
         )
+
+    def _inswapper_net(self):
+        """The chosen backend's network for the chosen inswapper file, and the file's emap."""
+        name = self.choice.swapper
+        if self.choice.swapper_backend == "onnx":
+            from facefuse.models.onnx_io import last_initializer
+            from facefuse.swap.inswapper import OnnxInswapper
+
+            net = OnnxInswapper(self.session(name), model=name)
+            return net, last_initializer(self.pool.store.path(name), name)
+        try:
+            from facefuse.swap.inswapper_torch import TorchInswapper
+        except ModuleNotFoundError as exc:
+            if exc.name != "torch":
+                raise
+            raise BackendUnavailable(
+                "--swapper-backend torch needs PyTorch, which is not installed: "
+                "pip install 'facefuse[gpu]' (or use --swapper-backend onnx)"
+            ) from None
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            self.pool.warn("--swapper-backend torch: PyTorch sees no CUDA GPU; running on the CPU in fp32")
+        net = TorchInswapper(self.pool.store.path(name), device=device)
+        return net, net.emap
 
     def enhancer(self):
         ch = self.choice

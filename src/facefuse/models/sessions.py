@@ -101,10 +101,14 @@ class SessionPool:
             f"execution provider {', '.join(fresh)} {why.replace('is ', verb + ' ', 1)}; "
             "running on the CPU instead (slower)"
         )
+        self.warn(message)
+
+    def warn(self, message: str) -> None:
+        """Say `message` once through the pool's warning channel (the CLI prints one stderr line)."""
         if self._warn_fn is not None:
             self._warn_fn(message)
         else:
-            warnings.warn(message, ProviderFallbackWarning, stacklevel=3)
+            warnings.warn(message, ProviderFallbackWarning, stacklevel=4)
 
     def session_options(self) -> onnxruntime.SessionOptions:
         import onnxruntime

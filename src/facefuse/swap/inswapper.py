@@ -19,7 +19,7 @@ from facefuse.analysis.face import Face
 from facefuse.masks.combine import MaskSet
 from facefuse.models.onnx_io import SessionLike, TensorSpec, bind_inputs, check_outputs
 from facefuse.swap.base import SourceFace
-from facefuse.swap.learned import swap_crop, to_rgb_uint8
+from facefuse.swap.learned import LearnedSwapper
 
 MODEL_SIZE = 128
 TEMPLATE = "arcface_128"
@@ -71,8 +71,10 @@ class OnnxInswapper:
         return np.stack(outs)
 
 
-class InswapperSwapper:
+class InswapperSwapper(LearnedSwapper):
     digital_source_type = "trainedAlgorithmicMedia"
+    template = TEMPLATE
+    model_size = MODEL_SIZE
 
     def __init__(
         self,
@@ -101,22 +103,8 @@ class InswapperSwapper:
             face=face, image=np.zeros((0, 0, 3), np.uint8), origin=np.zeros(2, np.float32), latent=latent
         )
 
-    def swap(self, frame: np.ndarray, target: Face, source: SourceFace) -> np.ndarray:
-        if source.latent is None:
-            raise ValueError("this source was prepared by another swapper; prepare it with this one")
-        latent = source.latent[None]
+    def _inputs(self, phases: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray((phases.astype(np.float32) / 255.0).transpose(0, 3, 1, 2))
 
-        def run(crop: np.ndarray) -> np.ndarray:
-            x = (crop.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
-            return to_rgb_uint8(self.net.run(x, latent)[0])
-
-        return swap_crop(
-            frame,
-            target,
-            run,
-            template=TEMPLATE,
-            model_size=MODEL_SIZE,
-            crop_size=self.crop_size,
-            masks=self.masks,
-            keep_detail=self.keep_detail,
-        )
+    def _net(self, target: np.ndarray, latent: np.ndarray) -> np.ndarray:
+        return self.net.run(target, latent)

@@ -15,7 +15,7 @@ from facefuse.masks.combine import MaskSet
 from facefuse.models.onnx_io import SessionLike, TensorSpec, bind_inputs, check_outputs
 from facefuse.swap.base import SourceFace
 from facefuse.swap.inswapper import Embedder
-from facefuse.swap.learned import swap_crop, to_rgb_uint8
+from facefuse.swap.learned import LearnedSwapper
 
 TEMPLATE = "arcface_112_v1"
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -40,8 +40,9 @@ def simswap_latent(embedding: np.ndarray, converter: EmbeddingConverter) -> np.n
     return (z / np.linalg.norm(z)).astype(np.float32)
 
 
-class SimSwapSwapper:
+class SimSwapSwapper(LearnedSwapper):
     digital_source_type = "trainedAlgorithmicMedia"
+    template = TEMPLATE
 
     def __init__(
         self,
@@ -74,23 +75,14 @@ class SimSwapSwapper:
             face=face, image=np.zeros((0, 0, 3), np.uint8), origin=np.zeros(2, np.float32), latent=latent
         )
 
-    def swap(self, frame: np.ndarray, target: Face, source: SourceFace) -> np.ndarray:
-        if source.latent is None:
-            raise ValueError("this source was prepared by another swapper; prepare it with this one")
-        latent = source.latent[None].astype(np.float32)
+    def _inputs(self, phases: np.ndarray) -> np.ndarray:
+        x = (phases.astype(np.float32) / 255.0 - _MEAN) / _STD
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
-        def run(crop: np.ndarray) -> np.ndarray:
-            x = ((crop.astype(np.float32) / 255.0 - _MEAN) / _STD).transpose(2, 0, 1)[None]
-            out = self.session.run(None, {self._target: x.astype(np.float32), self._source: latent})[0]
-            return to_rgb_uint8(np.asarray(out)[0])
-
-        return swap_crop(
-            frame,
-            target,
-            run,
-            template=TEMPLATE,
-            model_size=self.model_size,
-            crop_size=self.crop_size,
-            masks=self.masks,
-            keep_detail=self.keep_detail,
-        )
+    def _net(self, target: np.ndarray, latent: np.ndarray) -> np.ndarray:
+        # FaceFusion's export fixes the batch at 1: one run per phase.
+        outs = [
+            self.session.run(None, {self._target: t[None], self._source: z[None]})[0][0]
+            for t, z in zip(target, latent, strict=True)
+        ]
+        return np.stack(outs).astype(np.float32)
