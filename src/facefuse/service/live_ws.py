@@ -446,13 +446,11 @@ def register(app: FastAPI, svc: Any, settings: LiveWebSettings | None = None) ->
     from facefuse.service import app as service_app
 
     settings = settings or LiveWebSettings()
-    hub = LiveHub(
-        settings, lambda: service_app._pipeline(svc), svc.pipeline_lock, svc.settings.max_pixels
-    )
+    hub = LiveHub(settings, lambda: service_app._pipeline(svc), svc.pipeline_lock, svc.settings.max_pixels)
     app.state.live_hub = hub
 
     @app.get("/v1/live/stats", tags=["live"], responses=service_app.AUTH_ERRORS)
-    def live_stats(request: Request, owner: str = Depends(service_app.caller)) -> dict[str, Any]:  # noqa: B008
+    def live_stats(request: Request, owner: str = Depends(service_app.caller)) -> dict[str, Any]:
         """Live sessions open, hub threads running, frame counts, and this process's memory."""
         return hub.stats(owner)
 
@@ -489,7 +487,7 @@ async def _serve_socket(ws: WebSocket, svc: Any, hub: LiveHub) -> None:
     try:
         hello = await asyncio.wait_for(ws.receive(), st.hello_timeout_s)
     except (TimeoutError, WebSocketDisconnect):
-        await refuse(CLOSE_PROTOCOL, "invalid_request", "send {\"type\": \"hello\", \"key\": ...} first")
+        await refuse(CLOSE_PROTOCOL, "invalid_request", 'send {"type": "hello", "key": ...} first')
         return
     message = _json(hello.get("text"))
     if message is None or message.get("type") != "hello":
@@ -563,7 +561,7 @@ async def _receive_loop(ws: WebSocket, hub: LiveHub, session: WebSession, reply:
             continue
         control = _json(msg.get("text"))
         if control is None:
-            reply({"type": "error", "code": "invalid_request", "message": "control messages are JSON objects"})
+            reply({"type": "error", "code": "invalid_request", "message": "control messages are JSON"})
             continue
         error = _control(hub, session, control)
         if error is not None:
@@ -625,7 +623,8 @@ async def _send_loop(
             await ws.send_text(json.dumps(replies.get_nowait()))
         out = session.outbox.take(0)
         if out is not None:
-            header = FRAME_OUT.pack(out.t_client, min(out.faces_swapped, 65535), out.source_index, out.process_ms)
+            faces = min(out.faces_swapped, 65535)
+            header = FRAME_OUT.pack(out.t_client, faces, out.source_index, out.process_ms)
             await ws.send_bytes(header + out.jpeg)
             hub.sent(session)
 
