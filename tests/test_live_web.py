@@ -354,6 +354,7 @@ def test_live_tab_swaps_the_camera_and_switches_source(camera_browser, server, p
     expect(page.locator("#panel-swap")).to_be_hidden()
     expect(page.locator(".live-badge")).to_have_text("AI-generated")
     expect(page.locator(".live-badge")).to_be_visible()
+    expect(page.locator(".privacy-live")).to_contain_text("never stored")
 
     page.set_input_files("#live-source-input", media(SOURCE_A))
     expect(page.locator("#live-sources .chip")).to_have_text(["biden.jpg"])
