@@ -80,6 +80,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="local: jobs run in this process (default); celery: jobs go to `facefuse worker`s over Redis",
     )
     from facefuse.cli_worker import add_scale_arguments
+    from facefuse.service.live_ws import add_arguments as add_live_arguments
+
+    add_live_arguments(serve)
 
     add_scale_arguments(serve, storage_required=False)
     serve.set_defaults(func=cmd_serve)
@@ -123,6 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from facefuse.service.app import create_app
+    from facefuse.service.live_ws import settings_from_args as live_settings
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -130,9 +134,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.backend == "celery":
         from facefuse.cli_worker import celery_backend
 
-        app = create_app(settings, *celery_backend(args, settings.data_dir))
+        app = create_app(settings, *celery_backend(args, settings.data_dir), live=live_settings(args))
     else:
-        app = create_app(settings)
+        app = create_app(settings, live=live_settings(args))
     print(
         f"facefuse: serving on http://{args.host}:{args.port} (data in {settings.data_dir})", file=sys.stderr
     )

@@ -94,6 +94,10 @@ class LatestSlot(Generic[T]):
     def closed(self) -> bool:
         return self._closed and self._item is None
 
+    def peek_full(self) -> bool:
+        """Whether an item waits (a hint: another thread may take it at once)."""
+        return self._item is not None
+
 
 # ---------------------------------------------------------------------------------------------
 # Statistics

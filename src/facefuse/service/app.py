@@ -301,11 +301,12 @@ def create_app(
     queue: JobQueue | None = None,
     *,
     pipeline: Any = None,
+    live: Any = None,
 ) -> FastAPI:
     """The service. Defaults: SQLite store, DirectoryStorage and a LocalQueue under settings.data_dir.
 
     `pipeline` (optional) is the Pipeline for the synchronous endpoints; one is loaded at start-up
-    otherwise.
+    otherwise. `live`: the Live WebSocket's limits (service.live_ws.LiveWebSettings).
     """
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -345,6 +346,9 @@ def create_app(
     app.state.services = svc
     _install_error_handlers(app)
     _add_routes(app)
+    from facefuse.service import live_ws
+
+    live_ws.register(app, svc, live)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -962,8 +962,290 @@ function formatDuration(s) {
   return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Live: camera frames over a WebSocket, swapped frames back (protocol: service/live_ws.py)
+// ---------------------------------------------------------------------------------------------
+
+const LIVE_WINDOW = 2; // frames in flight: one being swapped, one waiting; the camera's others are skipped
+const LIVE_LOST_MS = 2000; // a frame not answered by then was dropped by the server
+const LIVE_MAX_WIDTH = 640;
+const LIVE_PING_MS = 30_000;
+const LIVE_CLOSE_REASONS = {
+  4401: "This server needs an API key.",
+  4403: "This page's address is not allowed to use the live stream.",
+  4408: "The live session ended after a long pause.",
+  4429: "Too many live sessions are open.",
+  1013: "The server is still starting; try again in a moment.",
+};
+
+const live = {
+  ws: null,
+  ready: false,
+  stream: null,
+  running: false, // the camera is on and frames are being sent
+  files: [], // {name, data (base64)}: accepted source photos, sent again after a reconnect
+  pending: [], // photos sent and not answered yet
+  names: [], // the server's list of this session's sources
+  index: -1,
+  inflight: [], // client times (ms) of frames sent and not answered
+  encoding: false,
+  shown: 0, // client time of the newest frame drawn
+  arrivals: [], // performance.now() of recent frames received
+  latencies: [],
+  faces: 0,
+  timer: null,
+  pinger: null,
+};
+
+function liveStatus(text) {
+  $("live-status").textContent = text;
+}
+
+function liveError(message) {
+  const el = $("live-error");
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+function liveConnect() {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${proto}//${location.host}/v1/live`);
+  ws.binaryType = "arraybuffer";
+  live.ws = ws;
+  live.ready = false;
+  live.inflight = [];
+  ws.addEventListener("open", () => ws.send(JSON.stringify({ type: "hello", key: api.key || null })));
+  ws.addEventListener("message", (e) => {
+    if (live.ws !== ws) return;
+    if (typeof e.data === "string") liveMessage(JSON.parse(e.data));
+    else liveFrame(e.data);
+  });
+  ws.addEventListener("close", (e) => {
+    if (live.ws !== ws) return;
+    live.ws = null;
+    live.ready = false;
+    live.inflight = [];
+    live.pending = [];
+    if (e.code === 4401) {
+      liveStop();
+      askForKey(e.reason || LIVE_CLOSE_REASONS[4401], liveStart);
+    } else if (e.code !== 1000 && e.code !== 1001) {
+      liveError(e.reason || LIVE_CLOSE_REASONS[e.code] || `The live connection closed (code ${e.code}).`);
+      liveStop();
+    }
+  });
+}
+
+function liveSend(message) {
+  if (live.ws && live.ready) live.ws.send(JSON.stringify(message));
+}
+
+function liveMessage(msg) {
+  if (msg.type === "ready") {
+    live.ready = true;
+    // A new connection (after a pause the server timed out, say) starts with no sources.
+    const files = live.files;
+    live.files = [];
+    for (const f of files) liveAddSource(f);
+    if (live.index >= 0 && live.index < files.length) liveSend({ type: "use_source", index: live.index });
+    liveStatus(live.running ? "Live" : "Connected");
+  } else if (msg.type === "sources") {
+    const accepted = live.pending.shift();
+    if (accepted) live.files.push(accepted);
+    live.names = msg.names;
+    live.index = msg.index;
+    renderLiveSources();
+  } else if (msg.type === "error") {
+    // Commands are answered in order: an error while a photo waits is that photo's.
+    const refused = ["no_source_face", "input_invalid", "unsupported_media", "too_many_pixels"];
+    if (live.pending.length && refused.includes(msg.code)) {
+      const photo = live.pending.shift();
+      liveError(`${photo.name}: ${msg.message}`);
+    } else {
+      liveError(msg.message);
+    }
+  }
+}
+
+function liveFrame(buffer) {
+  const view = new DataView(buffer);
+  const t = view.getFloat64(0, true);
+  const faces = view.getUint16(8, true);
+  const now = performance.now();
+  live.inflight = live.inflight.filter((x) => x > t); // answered, or dropped in favour of this one
+  live.arrivals.push(now);
+  live.latencies.push(now - t);
+  if (live.latencies.length > 30) live.latencies.shift();
+  live.faces = faces;
+  const blob = new Blob([new Uint8Array(buffer, 16)], { type: "image/jpeg" });
+  createImageBitmap(blob).then(
+    (bitmap) => {
+      if (t > live.shown) {
+        // Decodes may finish out of order: never draw an older frame over a newer one.
+        live.shown = t;
+        const canvas = $("live-output");
+        if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
+          canvas.width = bitmap.width;
+          canvas.height = bitmap.height;
+        }
+        canvas.getContext("2d").drawImage(bitmap, 0, 0);
+      }
+      bitmap.close();
+    },
+    () => {},
+  );
+  liveCapture();
+}
+
+function liveCapture() {
+  if (!live.running || !live.ws || !live.ready || live.encoding) return;
+  const now = performance.now();
+  live.inflight = live.inflight.filter((t) => now - t < LIVE_LOST_MS);
+  if (live.inflight.length >= LIVE_WINDOW || live.ws.bufferedAmount > 1 << 20) return;
+  const video = $("live-video");
+  if (video.readyState < 2 || !video.videoWidth) return;
+  const scale = Math.min(1, LIVE_MAX_WIDTH / video.videoWidth);
+  const canvas = (live.grab ||= document.createElement("canvas"));
+  canvas.width = Math.round(video.videoWidth * scale);
+  canvas.height = Math.round(video.videoHeight * scale);
+  const t = performance.now();
+  canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+  live.encoding = true;
+  canvas.toBlob(
+    async (blob) => {
+      live.encoding = false;
+      const ws = live.ws;
+      if (!blob || !ws || ws.readyState !== WebSocket.OPEN || !live.running) return;
+      const message = new Uint8Array(8 + blob.size);
+      new DataView(message.buffer).setFloat64(0, t, true);
+      message.set(new Uint8Array(await blob.arrayBuffer()), 8);
+      ws.send(message);
+      live.inflight.push(t);
+    },
+    "image/jpeg",
+    0.8,
+  );
+}
+
+function liveShowStats() {
+  const now = performance.now();
+  live.arrivals = live.arrivals.filter((x) => now - x < 2000);
+  const fps = live.arrivals.length / 2;
+  const lat = live.latencies.length ? live.latencies.reduce((a, b) => a + b, 0) / live.latencies.length : null;
+  $("live-fps").textContent = live.running ? fps.toFixed(1) : "–";
+  $("live-latency").textContent = live.running && lat !== null ? `${Math.round(lat)} ms` : "–";
+  $("live-faces").textContent = live.running ? String(live.faces) : "–";
+}
+
+async function liveStart() {
+  liveError("");
+  if (!navigator.mediaDevices?.getUserMedia) {
+    liveError("This browser gives no camera to this page (it needs https or localhost).");
+    return;
+  }
+  try {
+    live.stream = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 640 }, height: { ideal: 360 } },
+      audio: false,
+    });
+  } catch (err) {
+    liveError(`No camera: ${err.message || err.name}`);
+    return;
+  }
+  const video = $("live-video");
+  video.srcObject = live.stream;
+  await video.play().catch(() => {});
+  live.running = true;
+  if (!live.ws) liveConnect();
+  else liveSend({ type: "resume" });
+  clearInterval(live.timer);
+  live.timer = setInterval(() => {
+    liveCapture();
+    liveShowStats();
+  }, 50);
+  clearInterval(live.pinger);
+  live.pinger = setInterval(() => liveSend({ type: "ping" }), LIVE_PING_MS);
+  $("live-start").hidden = true;
+  $("live-stop").hidden = false;
+  $("live-stop").textContent = "Stop";
+  liveStatus(live.ready ? "Live" : "Connecting…");
+}
+
+function liveStop() {
+  live.running = false;
+  clearInterval(live.timer);
+  live.timer = null;
+  if (live.stream) for (const track of live.stream.getTracks()) track.stop();
+  live.stream = null;
+  $("live-video").srcObject = null;
+  liveSend({ type: "pause" });
+  liveShowStats();
+  $("live-start").hidden = false;
+  $("live-start").textContent = live.ws ? "Resume" : "Start camera";
+  $("live-stop").hidden = true;
+  liveStatus(live.ws ? "Paused" : "Stopped");
+}
+
+function liveAddSource(file) {
+  live.pending.push(file);
+  liveSend({ type: "add_source", name: file.name, data: file.data });
+}
+
+async function liveAddFiles(files) {
+  liveError("");
+  for (const file of files) {
+    const data = await new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+    const photo = { name: file.name, data };
+    if (live.ws && live.ready) liveAddSource(photo);
+    else {
+      // Not connected yet: kept, and sent when the session starts.
+      live.files.push(photo);
+      live.names = live.files.map((f) => f.name);
+      live.index = live.files.length - 1;
+      renderLiveSources();
+    }
+  }
+}
+
+function renderLiveSources() {
+  const box = $("live-sources");
+  box.replaceChildren();
+  live.names.forEach((name, i) => {
+    const chip = document.createElement("button");
+    chip.type = "button";
+    chip.className = "chip";
+    chip.setAttribute("role", "radio");
+    chip.setAttribute("aria-checked", String(i === live.index));
+    chip.dataset.index = String(i);
+    chip.textContent = name;
+    chip.addEventListener("click", () => {
+      if (live.ws && live.ready) liveSend({ type: "use_source", index: i });
+      else {
+        live.index = i;
+        renderLiveSources();
+      }
+    });
+    box.append(chip);
+  });
+}
+
+function setupLive() {
+  $("live-start").addEventListener("click", liveStart);
+  $("live-stop").addEventListener("click", liveStop);
+  $("live-source-input").addEventListener("change", (e) => {
+    liveAddFiles([...e.target.files]);
+    e.target.value = "";
+  });
+}
+
 function main() {
   setupTabs();
+  setupLive();
   setupOptions();
   fillOptions();
 
