@@ -20,7 +20,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from facefuse.errors import ExitCode, ModelUnsupported
+from facefuse.errors import ExitCode, ModelCorrupt, ModelMissing, ModelUnsupported
 from facefuse.swap import inswapper_replica as replica
 from facefuse.swap.inswapper_torch import OnnxWeights, TorchInswapper, read_onnx_weights
 
@@ -251,8 +251,21 @@ def test_other_architectures_and_junk_are_refused(tmp_path: Path) -> None:
     assert e.value.exit_code == ExitCode.MODEL_UNSUPPORTED == 25
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00not a model" * 100)
-    with pytest.raises(ModelUnsupported, match=r"junk\.onnx"):
+    with pytest.raises(ModelCorrupt, match=r"junk\.onnx") as e:
         read_onnx_weights(junk)
+    assert e.value.exit_code == ExitCode.MODEL_CORRUPT == 22
+
+
+def test_missing_and_truncated_files_get_the_onnxruntime_paths_exit_codes(tmp_path: Path) -> None:
+    with pytest.raises(ModelMissing, match="no such model file") as e:
+        TorchInswapper(tmp_path / "absent.onnx", device="cpu")
+    assert e.value.exit_code == ExitCode.MODEL_MISSING == 20
+    whole = _tiny_conv_model().SerializeToString()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(whole[: len(whole) // 2])  # a download stopped half-way
+    with pytest.raises(ModelCorrupt, match=r"cut\.onnx: not a readable ONNX model") as e:
+        TorchInswapper(cut, device="cpu")
+    assert e.value.exit_code == ExitCode.MODEL_CORRUPT == 22
 
 
 @pytest.mark.skipif(

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from facefuse.errors import ModelUnsupported
+from facefuse.errors import ModelCorrupt, ModelMissing, ModelUnsupported
 
 SIZE = 128
 LATENT = 512
@@ -120,14 +120,20 @@ class OnnxWeights:
 
 
 def read_onnx_weights(model: onnx.ModelProto | str | Path) -> OnnxWeights:
-    """Pull the learned weights out of an inswapper_128-shaped ONNX graph; ModelUnsupported if it is not."""
+    """Pull the learned weights out of an inswapper_128-shaped ONNX graph.
+
+    Raises ModelMissing (no file), ModelCorrupt (not a readable ONNX file, as onnxruntime's path
+    says) or ModelUnsupported (a readable graph of another architecture).
+    """
     path = None
     if not isinstance(model, onnx.ModelProto):
         path = Path(model)
+        if not path.is_file():
+            raise ModelMissing(f"{path}: no such model file")
         try:
             model = onnx.load(str(path))
         except Exception as e:  # protobuf raises its own DecodeError; any failure means the same
-            raise ModelUnsupported(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
+            raise ModelCorrupt(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
     where = str(path) if path else model.graph.name or "model"
     g = model.graph
     tensors = {i.name: i for i in g.initializer}
