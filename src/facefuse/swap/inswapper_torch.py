@@ -286,6 +286,7 @@ class TorchInswapper:
             # Shapes are fixed per bucket, so cuDNN's per-shape algorithm search pays for itself.
             torch.backends.cudnn.benchmark = True
         self._fn = self.net
+        self.compiled = bool(compile)
         if compile:
             mode = compile if isinstance(compile, str) else None
             self._fn = torch.compile(self.net, mode=mode, dynamic=False, fullgraph=True)
@@ -329,7 +330,9 @@ class TorchInswapper:
                 lat = latent[s : s + step].to(self.device, self.dtype)
                 o = self._forward(t, lat)
                 # A CUDA graph's output buffer is overwritten by the next replay: always copy it out.
-                out.append(o.float() if o.dtype != torch.float32 or not self.cuda_graphs else o.clone())
+                # and torch.compile's "reduce-overhead" mode replays graphs of its own: copy out.
+                reused = self.cuda_graphs or self.compiled
+                out.append(o.float() if o.dtype != torch.float32 else o.clone() if reused else o)
         return torch.cat(out) if len(out) != 1 else out[0]
 
     def run(self, target: np.ndarray, latent: np.ndarray) -> np.ndarray:
