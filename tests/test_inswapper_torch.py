@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from facefuse.errors import ExitCode, ModelCorrupt, ModelMissing, ModelUnsupported
 from facefuse.swap import inswapper_replica as replica
-from facefuse.swap.inswapper_torch import OnnxWeights, TorchInswapper, read_onnx_weights
+from facefuse.swap.inswapper_torch import OnnxWeights, TorchInswapper, cudnn_autotune, read_onnx_weights
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_inswapper_random.py"
 
@@ -304,6 +304,37 @@ def test_cuda_fp16_graphs_match_onnxruntime(weights: OnnxWeights, faces, ort_out
     first = graphed.run(target[:1], latent[:1])
     second = graphed.run(target[1:2], latent[1:2])
     assert np.abs(first - second).max() > 0.05
+
+
+def test_cudnn_autotune_is_scoped_and_restores_the_process_setting() -> None:
+    before = torch.backends.cudnn.benchmark
+    try:
+        for setting in (False, True):
+            torch.backends.cudnn.benchmark = setting
+            with pytest.raises(RuntimeError), cudnn_autotune():
+                assert torch.backends.cudnn.benchmark is True
+                raise RuntimeError("a failed capture still restores it")
+            assert torch.backends.cudnn.benchmark is setting
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
+)
+def test_cuda_swapper_leaves_the_global_cudnn_setting_alone(weights: OnnxWeights, faces) -> None:
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        graphed = TorchInswapper(weights, device="cuda", cuda_graphs=True, buckets=(1,))
+        eager = TorchInswapper(weights, device="cuda", cuda_graphs=False)
+        assert torch.backends.cudnn.benchmark is False
+        target, latent = faces
+        graphed.run(target[:1], latent[:1])
+        eager.run(target[:1], latent[:1])
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def test_cuda_request_without_gpu_falls_back_to_cpu_with_one_warning(weights: OnnxWeights) -> None:

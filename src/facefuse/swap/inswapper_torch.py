@@ -13,8 +13,10 @@ their shapes), not by initializer names, so any export of the same architecture 
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,6 +222,23 @@ def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
+_CUDNN_FLAG = threading.Lock()
+
+
+@contextlib.contextmanager
+def cudnn_autotune() -> Iterator[None]:
+    """cuDNN's per-shape algorithm search on inside the block only, and the process's own setting
+    back after it: a library must not change global state for everything else the process runs.
+    A lock keeps two blocks in two threads from restoring each other's value."""
+    with _CUDNN_FLAG:
+        previous = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = previous
+
+
 class _CudaGraphRunner:
     """One captured CUDA graph for one batch size: static input/output buffers, replayed per call."""
 
@@ -231,14 +250,17 @@ class _CudaGraphRunner:
         self.latent = torch.zeros((batch, LATENT), device=device, dtype=dtype)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        # Warm-up off the capture stream: cuDNN autotuning and lazy initialisation must not be captured.
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(3):
-                fn(self.target, self.latent)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
-            self.out = fn(self.target, self.latent)
+        # The bucket's shape is fixed and the graph keeps the algorithms chosen at capture, so
+        # cuDNN's per-shape search pays for itself here (and only here: replays do not consult it).
+        with cudnn_autotune():
+            # Warm-up off the capture stream: autotuning and lazy initialisation must not be captured.
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(3):
+                    fn(self.target, self.latent)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), torch.inference_mode():
+                self.out = fn(self.target, self.latent)
 
     def __call__(self, target: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         n = target.shape[0]
@@ -282,9 +304,6 @@ class TorchInswapper:
         self.dtype = dtype or (torch.float16 if cuda else torch.float32)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net_from_weights(weights).to(self.device, self.dtype, memory_format=self.memory_format)
-        if cuda:
-            # Shapes are fixed per bucket, so cuDNN's per-shape algorithm search pays for itself.
-            torch.backends.cudnn.benchmark = True
         self._fn = self.net
         self.compiled = bool(compile)
         if compile:
