@@ -500,3 +500,44 @@ def test_window_shows_frames_and_turns_keys_into_commands(monkeypatch, frames):
         assert window.poll() == ["q"]
     finally:
         window.close(True)
+
+
+def test_learned_models_run_in_this_process_never_forked(pipe, images, tmp_path):
+    import zoo_onnx as z
+
+    from facefuse.models import ModelStore, SessionPool, default_registry
+    from facefuse.pipeline import Pipeline
+    from facefuse.zoo import ModelChoice
+
+    img = images("images/kit_harington1.jpg")
+    face = pipe.analyser.analyse(img, largest_only=True)[0]
+    h, w = img.shape[:2]
+    scale = int(640 * h / w) / h
+    box, kps = face.box * scale, face.landmarks_5 * scale
+    cx, cy = (box[:2] + box[2:]) / 2
+    planted = [dict(stride=16, row=int(cy // 16), col=int(cx // 16), score=0.9, box=tuple(box), kps=kps)]
+    rng = np.random.default_rng(3)
+    paths = {
+        "scrfd_10g": z.save(z.scrfd(planted), tmp_path / "scrfd_10g.onnx"),
+        "arcface_w600k_r50": z.save(z.arcface(rng.normal(size=(3, 512))), tmp_path / "arcface.onnx"),
+        "inswapper_128": z.save(
+            z.inswapper(rng.normal(size=(512, 512)).astype(np.float32)), tmp_path / "inswapper.onnx"
+        ),
+    }
+    pool = SessionPool(ModelStore(default_registry(), tmp_path, overrides=paths, verify=False))
+    choice = ModelChoice(detector="scrfd_10g", recogniser="arcface_w600k_r50", swapper="inswapper_128")
+    learned = Pipeline(models=choice, pool=pool)
+    session = LiveSession(learned, [("kit", learned.source(img))])  # default settings: would fork
+    try:
+        assert session.pids == [os.getpid()]
+        assert type(session._detector).__name__ == "DetectorThread"
+        feeder = _feed(session, [img] * 20, fps=15)
+        # A new source photo goes through the detector while its thread may be running it.
+        changed = session.change_source(path=str(media("images/kit_harington1.jpg")))
+        delivered = _drain(session)
+        feeder.join()
+        assert changed.result(30) == 1
+    finally:
+        summary = session.close()
+    assert summary.ended == "end of input" and delivered
+    assert summary.frames_with_faces > 0 and summary.faces_swapped > 0
