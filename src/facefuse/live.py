@@ -279,6 +279,20 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _end_child(conn: Any, proc: Any, busy: bool = False) -> None:
+    """Tell a forked child to stop (after the answer it is working on, if `busy`), give it 5 s to
+    exit on its own, then end it."""
+    with contextlib.suppress(OSError, BrokenPipeError):
+        if busy:
+            conn.poll(5.0)
+        conn.send(None)
+    proc.join(timeout=5)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join()
+    conn.close()
+
+
 def _detector_main(pipeline: Pipeline, conn: Any) -> None:
     """Child process: frames in, detections out, until the pipe closes or says stop."""
     _ignore_interrupts()
@@ -315,15 +329,7 @@ class DetectorProcess:
         return self._conn.recv()
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, BrokenPipeError):
-            if self.busy:
-                self._conn.poll(5.0)
-            self._conn.send(None)
-        self._proc.join(timeout=5)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join()
-        self._conn.close()
+        _end_child(self._conn, self._proc, busy=self.busy)
 
 
 class DetectorThread:
@@ -487,13 +493,7 @@ class WorkerProcessor:
         self._call("add", path)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, BrokenPipeError):
-            self._conn.send(None)
-        self._proc.join(timeout=5)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join()
-        self._conn.close()
+        _end_child(self._conn, self._proc)
 
 
 # ---------------------------------------------------------------------------------------------
