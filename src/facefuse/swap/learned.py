@@ -17,8 +17,6 @@ from facefuse.geometry import paste_back, paste_change, warp_crop
 from facefuse.masks.combine import MaskSet
 from facefuse.swap.pixel_boost import boosted
 
-PIXEL_BOOST_SIZES = (128, 256, 512, 768, 1024)
-
 
 def swap_crop(
     frame: np.ndarray,
