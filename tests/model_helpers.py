@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class ServerState:
     drop_after: int | None = None  # bytes sent before the connection is cut...
     drops_left: int = 0  # ...for this many requests
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+    slow: float = 0.0  # seconds to pause after each 256 KiB sent, so downloads overlap in time
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -88,7 +90,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        self.wfile.write(body)
+        if not state.slow:
+            self.wfile.write(body)
+            return
+        for i in range(0, len(body), 1 << 18):
+            self.wfile.write(body[i : i + (1 << 18)])
+            self.wfile.flush()
+            time.sleep(state.slow)
 
 
 @contextmanager

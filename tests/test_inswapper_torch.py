@@ -19,9 +19,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from facefuse.errors import ExitCode, ModelUnsupported
+from facefuse.errors import ExitCode, ModelCorrupt, ModelMissing, ModelUnsupported
 from facefuse.swap import inswapper_replica as replica
-from facefuse.swap.inswapper_torch import OnnxWeights, TorchInswapper, read_onnx_weights
+from facefuse.swap.inswapper_torch import OnnxWeights, TorchInswapper, cudnn_autotune, read_onnx_weights
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_inswapper_random.py"
 
@@ -174,6 +174,25 @@ def test_buckets_split_and_pad_batches(weights: OnnxWeights) -> None:
     np.testing.assert_allclose(out, target * latent[:, :1, None, None], rtol=1e-6)
 
 
+def test_compiled_outputs_are_copied_before_the_next_chunk_reuses_them(weights: OnnxWeights) -> None:
+    # torch.compile is lazy: nothing compiles until the first call, which the fake below replaces.
+    swapper = TorchInswapper(weights, device="cpu", compile="reduce-overhead", buckets=(2,))
+    assert not swapper.cuda_graphs and swapper.fixed_shapes
+    static = torch.zeros((2, 3, 128, 128))
+
+    def graph_like(target: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        # What "reduce-overhead" hands back: the same output buffer, rewritten by each replay.
+        static.copy_(target * latent[:, :1, None, None])
+        return static
+
+    swapper._fn = graph_like
+    rng = np.random.default_rng(6)
+    target = rng.random((5, 3, 128, 128), dtype=np.float32)
+    latent = rng.random((5, 512), dtype=np.float32)
+    out = swapper.run(target, latent)  # three chunks of the 2-face bucket
+    np.testing.assert_allclose(out, target * latent[:, :1, None, None], rtol=1e-6)
+
+
 def test_torch_reads_weights_epsilon_and_emap_from_the_graph(
     model: onnx.ModelProto, weights: OnnxWeights
 ) -> None:
@@ -245,8 +264,21 @@ def test_other_architectures_and_junk_are_refused(tmp_path: Path) -> None:
     assert e.value.exit_code == ExitCode.MODEL_UNSUPPORTED == 25
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00not a model" * 100)
-    with pytest.raises(ModelUnsupported, match=r"junk\.onnx"):
+    with pytest.raises(ModelCorrupt, match=r"junk\.onnx") as e:
         read_onnx_weights(junk)
+    assert e.value.exit_code == ExitCode.MODEL_CORRUPT == 22
+
+
+def test_missing_and_truncated_files_get_the_onnxruntime_paths_exit_codes(tmp_path: Path) -> None:
+    with pytest.raises(ModelMissing, match="no such model file") as e:
+        TorchInswapper(tmp_path / "absent.onnx", device="cpu")
+    assert e.value.exit_code == ExitCode.MODEL_MISSING == 20
+    whole = _tiny_conv_model().SerializeToString()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(whole[: len(whole) // 2])  # a download stopped half-way
+    with pytest.raises(ModelCorrupt, match=r"cut\.onnx: not a readable ONNX model") as e:
+        TorchInswapper(cut, device="cpu")
+    assert e.value.exit_code == ExitCode.MODEL_CORRUPT == 22
 
 
 @pytest.mark.skipif(
@@ -266,6 +298,37 @@ def test_cuda_fp16_graphs_match_onnxruntime(weights: OnnxWeights, faces, ort_out
     first = graphed.run(target[:1], latent[:1])
     second = graphed.run(target[1:2], latent[1:2])
     assert np.abs(first - second).max() > 0.05
+
+
+def test_cudnn_autotune_is_scoped_and_restores_the_process_setting() -> None:
+    before = torch.backends.cudnn.benchmark
+    try:
+        for setting in (False, True):
+            torch.backends.cudnn.benchmark = setting
+            with pytest.raises(RuntimeError), cudnn_autotune():
+                assert torch.backends.cudnn.benchmark is True
+                raise RuntimeError("a failed capture still restores it")
+            assert torch.backends.cudnn.benchmark is setting
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
+)
+def test_cuda_swapper_leaves_the_global_cudnn_setting_alone(weights: OnnxWeights, faces) -> None:
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        graphed = TorchInswapper(weights, device="cuda", cuda_graphs=True, buckets=(1,))
+        eager = TorchInswapper(weights, device="cuda", cuda_graphs=False)
+        assert torch.backends.cudnn.benchmark is False
+        target, latent = faces
+        graphed.run(target[:1], latent[:1])
+        eager.run(target[:1], latent[:1])
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def test_cuda_request_without_gpu_falls_back_to_cpu_with_one_warning(weights: OnnxWeights) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -249,7 +250,6 @@ def test_control_socket_changes_the_source_and_answers_bad_requests(pipe, source
             assert ask(b'{"step": -1}') == {"ok": True, "source_index": 1}
             missing = ask(b'{"source": "/nonexistent/x.jpg"}')
             assert missing["ok"] is False and "/nonexistent/x.jpg" in missing["error"]
-            assert ask(b"not json")["ok"] is False
             assert ask(b'{"what": 1}')["ok"] is False
             assert ask(b'{"quit": true}') == {"ok": True, "quit": True}
         assert quit_called.is_set()
@@ -258,6 +258,101 @@ def test_control_socket_changes_the_source_and_answers_bad_requests(pipe, source
         server.close()
         session.close()
     assert not os.path.exists(address)
+
+
+class _RecordingSession:
+    """Stands in for a LiveSession: records each change asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict] = []
+
+    def change_source(self, *, index=None, step=0, path=None):
+        from concurrent.futures import Future
+
+        self.asked.append({"index": index, "step": step, "path": path})
+        done: Future[int] = Future()
+        done.set_result(0)
+        return done
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_control_socket_refuses_a_web_page_post_and_never_runs_its_body():
+    session, quit_called = _RecordingSession(), threading.Event()
+    server = ControlServer(str(_free_port()), session, quit_called.set)
+    try:
+        # What fetch(url, {method: "POST", mode: "no-cors", body}) sends: the body is a valid command.
+        body = b'{"quit": true}\n{"source": "/etc/passwd"}\n'
+        request = (
+            b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain;charset=UTF-8\r\n"
+            b"Content-Length: %d\r\nOrigin: http://evil.example\r\n\r\n" % len(body)
+        ) + body
+        with socket.create_connection(("127.0.0.1", int(server.address))) as sock:
+            sock.sendall(request)
+            lines = _read_all(sock).splitlines()  # the server closes the connection
+        assert len(lines) == 1
+        reply = json.loads(lines[0])
+        assert reply["ok"] is False and "not JSON" in reply["error"]
+        assert not quit_called.is_set() and session.asked == []
+        # A client speaking the protocol is still served on a new connection.
+        with socket.create_connection(("127.0.0.1", int(server.address))) as sock:
+            sock.sendall(b'{"step": 1}\n')
+            sock.shutdown(socket.SHUT_WR)
+            assert json.loads(_read_all(sock)) == {"ok": True, "source_index": 0}
+        assert session.asked == [{"index": None, "step": 1, "path": None}]
+    finally:
+        server.close()
+
+
+def test_control_socket_closes_on_an_over_long_line_and_runs_nothing_after_it(tmp_path):
+    from facefuse.live_io import MAX_CONTROL_LINE
+
+    session, quit_called = _RecordingSession(), threading.Event()
+    address = str(tmp_path / "ctl.sock")
+    server = ControlServer(address, session, quit_called.set)
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(address)
+            long_line = b'{"source": "' + b"a" * (MAX_CONTROL_LINE + 10) + b'"}\n'
+            # Sent from a thread: the server stops reading part-way, so a blocking send could stall.
+            sender = threading.Thread(target=_send_quietly, args=(sock, long_line + b'{"quit": true}\n'))
+            sender.start()
+            lines = _read_all(sock).splitlines()
+            sender.join(10)
+        assert len(lines) == 1 and "longer than" in json.loads(lines[0])["error"]
+        assert session.asked == [] and not quit_called.is_set()
+    finally:
+        server.close()
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):  # the server closes the connection part-way
+        sock.sendall(data)
+
+
+def test_control_unix_socket_is_owner_only(tmp_path):
+    old = os.umask(0o022)
+    try:
+        address = tmp_path / "ctl.sock"
+        server = ControlServer(str(address), _RecordingSession(), lambda: None)
+    finally:
+        os.umask(old)
+    try:
+        assert address.stat().st_mode & 0o777 == 0o600
+    finally:
+        server.close()
 
 
 class _Camera:
@@ -405,3 +500,44 @@ def test_window_shows_frames_and_turns_keys_into_commands(monkeypatch, frames):
         assert window.poll() == ["q"]
     finally:
         window.close(True)
+
+
+def test_learned_models_run_in_this_process_never_forked(pipe, images, tmp_path):
+    import zoo_onnx as z
+
+    from facefuse.models import ModelStore, SessionPool, default_registry
+    from facefuse.pipeline import Pipeline
+    from facefuse.zoo import ModelChoice
+
+    img = images("images/kit_harington1.jpg")
+    face = pipe.analyser.analyse(img, largest_only=True)[0]
+    h, w = img.shape[:2]
+    scale = int(640 * h / w) / h
+    box, kps = face.box * scale, face.landmarks_5 * scale
+    cx, cy = (box[:2] + box[2:]) / 2
+    planted = [dict(stride=16, row=int(cy // 16), col=int(cx // 16), score=0.9, box=tuple(box), kps=kps)]
+    rng = np.random.default_rng(3)
+    paths = {
+        "scrfd_10g": z.save(z.scrfd(planted), tmp_path / "scrfd_10g.onnx"),
+        "arcface_w600k_r50": z.save(z.arcface(rng.normal(size=(3, 512))), tmp_path / "arcface.onnx"),
+        "inswapper_128": z.save(
+            z.inswapper(rng.normal(size=(512, 512)).astype(np.float32)), tmp_path / "inswapper.onnx"
+        ),
+    }
+    pool = SessionPool(ModelStore(default_registry(), tmp_path, overrides=paths, verify=False))
+    choice = ModelChoice(detector="scrfd_10g", recogniser="arcface_w600k_r50", swapper="inswapper_128")
+    learned = Pipeline(models=choice, pool=pool)
+    session = LiveSession(learned, [("kit", learned.source(img))])  # default settings: would fork
+    try:
+        assert session.pids == [os.getpid()]
+        assert type(session._detector).__name__ == "DetectorThread"
+        feeder = _feed(session, [img] * 20, fps=15)
+        # A new source photo goes through the detector while its thread may be running it.
+        changed = session.change_source(path=str(media("images/kit_harington1.jpg")))
+        delivered = _drain(session)
+        feeder.join()
+        assert changed.result(30) == 1
+    finally:
+        summary = session.close()
+    assert summary.ended == "end of input" and delivered
+    assert summary.frames_with_faces > 0 and summary.faces_swapped > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from facefuse.errors import (
     ModelMissing,
     UnknownModel,
 )
+from facefuse.models import store as store_module
 from facefuse.models.registry import ModelSpec, Registry, default_registry
 from facefuse.models.store import LOCK_NAME, ModelStore, default_models_dir
 
@@ -316,3 +318,93 @@ def test_override_of_unpinned_model_is_accepted_without_hash(tmp_path, model_byt
     mine = tmp_path / "mine.onnx"
     mine.write_bytes(model_bytes["other"])  # a different build, other size: nothing pinned to refuse it
     assert ModelStore(reg, tmp_path / "m", overrides={"u": mine}).path("u") == mine
+
+
+def _in_parallel(*calls):
+    """Run each call on its own thread at once; returns their results (or raises the first error)."""
+    results: list = [None] * len(calls)
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(calls))
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = calls[i]()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_two_downloads_of_one_model_at_once_give_one_good_file(tmp_path, model_bytes):
+    data = model_bytes["big"]
+    state = ServerState(files={"/big.onnx": data}, slow=0.05)
+    with file_server(state) as base:
+        # Unpinned: trust on first use must record the file's real hash, not a mix of two writers'.
+        reg = Registry([spec("big", data, f"{base}/big.onnx", pinned=False, size=False)])
+        # Two stores, as two `facefuse models download big` processes would have.
+        paths = _in_parallel(
+            lambda: ModelStore(reg, tmp_path).download("big"),
+            lambda: ModelStore(reg, tmp_path).download("big"),
+        )
+    assert paths == [tmp_path / "big.onnx"] * 2
+    assert (tmp_path / "big.onnx").read_bytes() == data
+    assert [p for p, _ in state.requests] == ["/big.onnx"]  # the second waited and found it in place
+    assert not (tmp_path / "big.onnx.part").exists()
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["files"]["big.onnx"]["sha256"] == sha256(data)
+    assert ModelStore(reg, tmp_path).check("big").status == "unpinned"
+
+
+def test_downloads_of_two_models_at_once_both_record_their_hash(tmp_path, model_bytes, monkeypatch):
+    write = store_module._atomic_write_text
+
+    def slow_write(path, text):
+        # Widens the read-modify-write window of the lock file, as a slow disk would.
+        threading.Event().wait(0.3)
+        write(path, text)
+
+    monkeypatch.setattr(store_module, "_atomic_write_text", slow_write)
+    a, b = model_bytes["small"], model_bytes["other"]
+    with file_server(ServerState(files={"/a.onnx": a, "/b.onnx": b})) as base:
+        reg = Registry(
+            [
+                spec("a", a, f"{base}/a.onnx", pinned=False, size=False),
+                spec("b", b, f"{base}/b.onnx", pinned=False, size=False),
+            ]
+        )
+        _in_parallel(
+            lambda: ModelStore(reg, tmp_path).download("a"), lambda: ModelStore(reg, tmp_path).download("b")
+        )
+    files = json.loads((tmp_path / LOCK_NAME).read_text())["files"]
+    assert files["a.onnx"]["sha256"] == sha256(a) and files["b.onnx"]["sha256"] == sha256(b)
+
+
+def test_download_never_writes_past_the_registry_size(tmp_path, model_bytes):
+    data = model_bytes["big"]
+    expected = data[: len(data) // 2]
+    seen: list[int] = []
+    with file_server(ServerState(files={"/big.onnx": data})) as base:
+        reg = Registry([spec("big", expected, f"{base}/big.onnx", pinned=False)])
+        with pytest.raises(ModelCorrupt, match="larger than") as err:
+            ModelStore(reg, tmp_path).download("big", progress=lambda done, total: seen.append(done))
+    assert err.value.exit_code == ExitCode.MODEL_CORRUPT and "\n" not in str(err.value)
+    assert max(seen) <= len(expected)
+    assert not (tmp_path / "big.onnx").exists() and not (tmp_path / "big.onnx.part").exists()
+
+
+def test_download_of_unknown_size_stops_at_the_cap(tmp_path, model_bytes, monkeypatch):
+    monkeypatch.setattr(store_module, "MAX_UNKNOWN_SIZE", 1_000_000, raising=False)
+    data = model_bytes["big"]  # ~2.8 MB
+    with file_server(ServerState(files={"/big.onnx": data})) as base:
+        reg = Registry([spec("big", data, f"{base}/big.onnx", pinned=False, size=False)])
+        with pytest.raises(ModelDownloadFailed, match="1,000,000 bytes") as err:
+            ModelStore(reg, tmp_path).download("big")
+    assert err.value.exit_code == ExitCode.MODEL_DOWNLOAD_FAILED
+    assert not (tmp_path / "big.onnx").exists() and not (tmp_path / "big.onnx.part").exists()

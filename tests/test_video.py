@@ -440,3 +440,37 @@ def test_resume_refuses_a_different_job(config_dir: Path, tmp_path: Path) -> Non
     )
     assert_one_line_error(proc, ExitCode.RESUME_MISMATCH, parts)
     assert not output.exists()
+
+
+def test_video_swap_called_as_a_library_gives_back_the_callers_sigterm_handler(
+    config_dir: Path, mixed_video: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import signal
+
+    from facefuse.cli import main
+
+    monkeypatch.setenv("FACEFUSE_CONFIG_DIR", str(config_dir))
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        out = tmp_path / "lib.mp4"
+        assert main(["swap", "-s", str(BIDEN), "-t", str(mixed_video), "-o", str(out), "--workers", "1"]) == 0
+        assert out.is_file()
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_inside_the_block_is_an_interrupt_and_the_handler_is_restored() -> None:
+    import signal
+
+    from facefuse.interrupts import sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs at the next bytecode; never reached
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import time
@@ -13,6 +12,7 @@ from typing import Any
 
 from facefuse.analysis.select import Mode, Order, Selection
 from facefuse.errors import ExitCode, FacefuseError
+from facefuse.interrupts import sigterm_as_interrupt
 
 EXAMPLES = """\
 examples:
@@ -153,17 +153,16 @@ def cmd_live(args: argparse.Namespace) -> int:
         capture = threading.Thread(
             target=_capture, args=(source_input, session, stop, capture_errors), daemon=True, name="capture"
         )
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         ended = None
-        try:
-            capture.start()
-            ended = _output_loop(session, output, out_stage, stop)
-        except KeyboardInterrupt:
-            ended = "interrupted"  # Ctrl-C is how a camera session is stopped: finish the output
-        finally:
-            stop.set()
-            capture.join()
-            signal.signal(signal.SIGTERM, previous)
+        with sigterm_as_interrupt():
+            try:
+                capture.start()
+                ended = _output_loop(session, output, out_stage, stop)
+            except KeyboardInterrupt:
+                ended = "interrupted"  # Ctrl-C is how a camera session is stopped: finish the output
+            finally:
+                stop.set()
+                capture.join()
         if capture_errors:
             raise capture_errors[0]
         summary = session.close(ended)
@@ -215,10 +214,6 @@ def _output_loop(session: Any, output: Any, out_stage: str, stop: threading.Even
         if stop.is_set() and ended is None:
             ended = "quit"
             session.end_input("quit")
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _report(summary: dict[str, Any], as_json: bool) -> None:

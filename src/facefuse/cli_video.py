@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from typing import Any
 
 from facefuse.analysis.select import Mode, Order, Selection
 from facefuse.errors import ExitCode, FacefuseError, InputInvalid, NoTargetFace
+from facefuse.interrupts import sigterm_as_interrupt
 from facefuse.media import video as media
 
 
@@ -212,16 +212,12 @@ def _whole_video(
         show_progress=sys.stderr.isatty() and not args.json,
     )
     # A kill from a supervisor (SIGTERM) ends the run like Ctrl-C: finished segments kept, no output.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    summary = job.run(resume=args.resume, t_start=t_start).to_dict()
+    with sigterm_as_interrupt():
+        summary = job.run(resume=args.resume, t_start=t_start).to_dict()
     summary["swapper"] = pipe.swapper.name
     summary["stages_ms"] = {"load_models": load_ms, **summary["stages_ms"]}
     _report(summary, args.json)
     return ExitCode.OK
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _report(summary: dict[str, Any], as_json: bool) -> None:

@@ -15,9 +15,11 @@ smoothing, a few ms a face) and swaps them, one frame at a time, for the session
 full-frame detector, which costs 20-300 ms, runs in a forked process beside it on the latest frame
 about once a second (continuously while no face is tracked), and its boxes are merged into the
 tracker when they arrive: new faces are picked up without ever stalling the stream. Both processes
-are forked once, after the models loaded. dlib's models are not thread-safe, so everything that
-touches them (tracking, swapping, loading a new source photo) goes through the session thread,
-between frames; other threads hand it commands.
+are forked once, after the models loaded. With learned (ONNX) models nothing is forked, since
+onnxruntime sessions do not survive a fork: the swap work runs on the session thread and the
+detector on a thread of its own (onnxruntime lets go of the GIL while it runs). dlib's models are
+not thread-safe, so everything that touches them (tracking, swapping, loading a new source photo)
+goes through the session thread, between frames; other threads hand it commands.
 
 `LiveSession` is the core that the CLI (`facefuse live`) drives and a web client can drive the same
 way: push frames with their capture time, take the latest swapped frame, report it delivered, change
@@ -281,6 +283,20 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _end_child(conn: Any, proc: Any, busy: bool = False) -> None:
+    """Tell a forked child to stop (after the answer it is working on, if `busy`), give it 5 s to
+    exit on its own, then end it."""
+    with contextlib.suppress(OSError, BrokenPipeError):
+        if busy:
+            conn.poll(5.0)
+        conn.send(None)
+    proc.join(timeout=5)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join()
+    conn.close()
+
+
 def _detector_main(pipeline: Pipeline, conn: Any) -> None:
     """Child process: frames in, detections out, until the pipe closes or says stop."""
     _ignore_interrupts()
@@ -317,15 +333,55 @@ class DetectorProcess:
         return self._conn.recv()
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, BrokenPipeError):
-            if self.busy:
-                self._conn.poll(5.0)
-            self._conn.send(None)
-        self._proc.join(timeout=5)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join()
-        self._conn.close()
+        _end_child(self._conn, self._proc, busy=self.busy)
+
+
+class DetectorThread:
+    """The detector on a thread of this process, for learned models, whose sessions must not cross a
+    fork. Same interface as DetectorProcess; `guard` is held while it runs, so that loading a new
+    source photo (which uses the same detector) waits for it rather than running beside it."""
+
+    def __init__(self, pipeline: Pipeline, guard: threading.Lock) -> None:
+        self._detector = pipeline.analyser.detector
+        self._guard = guard
+        self._jobs: queue.SimpleQueue[tuple[np.ndarray, float] | None] = queue.SimpleQueue()
+        self._done = threading.Event()
+        self._result: list[Detection] | BaseException | None = None
+        self.busy = False
+        self._thread = threading.Thread(target=self._run, name="facefuse-detect", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                with self._guard:
+                    self._result = self._detector.run(*job)
+            except Exception as exc:  # handed to the session thread by poll()
+                self._result = exc
+            self._done.set()
+
+    def submit(self, frame: np.ndarray, scale: float) -> None:
+        self._done.clear()
+        self.busy = True
+        self._jobs.put((frame, scale))
+
+    def poll(self) -> list[Detection] | None:
+        if not self.busy or not self._done.is_set():
+            return None
+        self.busy = False
+        result, self._result = self._result, None
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+
+def uses_learned_models(pipeline: Pipeline) -> bool:
+    """Whether any ONNX session is in the pipeline (then nothing of it may be forked)."""
+    return pipeline.models.learned or pipeline.pool is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,11 +392,18 @@ class DetectorProcess:
 class LocalProcessor:
     """Tracking and swapping on the calling thread (tests, and a stand-in swapper)."""
 
-    def __init__(self, pipeline: Pipeline, swapper: Any, identities: Sequence[Identity]) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        swapper: Any,
+        identities: Sequence[Identity],
+        guard: threading.Lock | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.swapper = swapper
         self.identities = list(identities)
         self.tracking = False
+        self._guard = guard or contextlib.nullcontext()
 
     def process(
         self, image: np.ndarray, t: float, timings: Timings, detections: list[Detection] | None
@@ -354,7 +417,9 @@ class LocalProcessor:
         self.swapper.set_source(self.identities[index])
 
     def add(self, path: str) -> None:
-        self.identities.append(self.pipeline.source(Path(path)))
+        with self._guard:  # the detector may be busy on its thread (learned models)
+            identity = self.pipeline.source(Path(path))
+        self.identities.append(identity)
 
     def close(self) -> None:
         pass
@@ -432,13 +497,7 @@ class WorkerProcessor:
         self._call("add", path)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, BrokenPipeError):
-            self._conn.send(None)
-        self._proc.join(timeout=5)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join()
-        self._conn.close()
+        _end_child(self._conn, self._proc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,6 +510,7 @@ class LiveSettings:
     # Seconds between detector passes while faces are tracked (new faces show up within this);
     # while none is tracked the detector runs back to back.
     detect_interval: float = 1.0
+    # With learned models both run in this process instead (a thread; the session's thread).
     detector_process: bool = True  # False: detect inside the tracker (one process; for tests)
     worker_process: bool = True  # False: track and swap on the session's thread (for tests)
     min_face: int = 40  # px: smallest face the detector looks for
@@ -512,16 +572,21 @@ class LiveSession:
         make = swapper_factory or (lambda p, s, sel: FrameSwapper(p, s, sel, tracker=tracker))
         swapper = make(pipeline, sources[0][1], selection or Selection())
         self._tracker_settings = getattr(swapper, "tracker", None) and swapper.tracker.settings
-        local = LocalProcessor(pipeline, swapper, [ident for _, ident in sources])
+        # onnxruntime's thread pools do not survive a fork (cli_video drops to one worker likewise).
+        self.in_process = uses_learned_models(pipeline)
+        guard = threading.Lock()
+        local = LocalProcessor(pipeline, swapper, [ident for _, ident in sources], guard)
         self.processor: LocalProcessor | WorkerProcessor = (
-            WorkerProcessor(local) if self.settings.worker_process else local
+            WorkerProcessor(local) if self.settings.worker_process and not self.in_process else local
         )
         self._inbox: LatestSlot[LiveFrame] = LatestSlot()
         self._outbox: LatestSlot[LiveResult] = LatestSlot()
         self._commands: queue.SimpleQueue[SourceChange] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._ended = "end of input"
-        self._detector = DetectorProcess(pipeline) if self.settings.detector_process else None
+        self._detector: DetectorProcess | DetectorThread | None = None
+        if self.settings.detector_process:
+            self._detector = DetectorThread(pipeline, guard) if self.in_process else DetectorProcess(pipeline)
         self._last_detect = -float("inf")
         self._thread = threading.Thread(target=self._run, name="facefuse-live", daemon=True)
         self._thread.start()

@@ -344,6 +344,20 @@ class VirtualCameraOutput:
 # ---------------------------------------------------------------------------------------------
 
 
+MAX_CONTROL_LINE = 65536  # bytes in one request line; a longer one closes the connection
+
+
+def _parse_request(raw: bytes) -> dict[str, Any] | str:
+    """One request line as a JSON object, or the reason it is not one."""
+    try:
+        request = json.loads(raw)
+    except ValueError as exc:
+        return f"not JSON ({exc}); closing the connection"
+    if not isinstance(request, dict):
+        return "expected a JSON object; closing the connection"
+    return request
+
+
 class Controllable(Protocol):
     def change_source(self, *, index: int | None = None, step: int = 0, path: str | None = None) -> Any: ...
 
@@ -353,7 +367,9 @@ class ControlServer:
 
     Requests, one per line: {"source": "photo.jpg"} (loaded once, then kept), {"source_index": 1},
     {"step": 1} (next; -1 previous), {"quit": true}. Each gets one line back: {"ok": true,
-    "source_index": 1} or {"ok": false, "error": "..."}.
+    "source_index": 1} or {"ok": false, "error": "..."}. A line that is not JSON, or is longer than
+    MAX_CONTROL_LINE bytes, gets its error and closes the connection, so the body of an HTTP request
+    (which a web page can send to any localhost port) is never run. A Unix socket is mode 0600.
     """
 
     def __init__(self, address: str, session: Controllable, on_quit: Any) -> None:
@@ -367,13 +383,26 @@ class ControlServer:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                for raw in self.rfile:
-                    reply = server.answer(raw)
-                    try:
-                        self.wfile.write((json.dumps(reply) + "\n").encode())
-                        self.wfile.flush()
-                    except OSError:
+                while raw := self.rfile.readline(MAX_CONTROL_LINE + 1):
+                    if len(raw) > MAX_CONTROL_LINE and not raw.endswith(b"\n"):
+                        self.reply({"ok": False, "error": f"request longer than {MAX_CONTROL_LINE} bytes"})
                         return
+                    request = _parse_request(raw)
+                    if isinstance(request, str):
+                        # Anything that is not JSON ends the connection: a web page can POST to a
+                        # localhost port (no-cors), and its body line must never be read as a command.
+                        self.reply({"ok": False, "error": request})
+                        return
+                    if not self.reply(server.answer(request)):
+                        return
+
+            def reply(self, reply: dict[str, Any]) -> bool:
+                try:
+                    self.wfile.write((json.dumps(reply) + "\n").encode())
+                    self.wfile.flush()
+                except OSError:
+                    return False
+                return True
 
         self.unix = not address.isdigit()
         try:
@@ -381,8 +410,23 @@ class ControlServer:
                 if Path(address).exists():
                     raise ControlUnavailable(f"--control {address}: a file is already there")
                 self.server: socketserver.BaseServer = socketserver.ThreadingUnixStreamServer(
-                    address, Handler
+                    address, Handler, bind_and_activate=False
                 )
+                try:
+                    self.server.server_bind()
+                except BaseException:
+                    self.server.server_close()
+                    raise
+                try:
+                    # Owner-only before it listens: nobody else on the machine may drive the session,
+                    # and no connection can be queued while the umask's mode is still on it.
+                    os.chmod(address, 0o600)
+                    self.server.server_activate()
+                except BaseException:
+                    self.server.server_close()
+                    with contextlib.suppress(OSError):
+                        Path(address).unlink()
+                    raise
             else:
                 port = int(address)
                 if not 0 < port < 65536:
@@ -397,15 +441,9 @@ class ControlServer:
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.1,), daemon=True)
         self._thread.start()
 
-    def answer(self, raw: bytes) -> dict[str, Any]:
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         from facefuse.errors import FacefuseError
 
-        try:
-            request = json.loads(raw)
-            if not isinstance(request, dict):
-                raise ValueError("expected a JSON object")
-        except ValueError as exc:
-            return {"ok": False, "error": f"not a JSON object ({exc})"}
         if request.get("quit"):
             self.on_quit()
             return {"ok": True, "quit": True}

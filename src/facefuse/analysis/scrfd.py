@@ -71,7 +71,21 @@ def to_detections(
     ]
 
 
-class ScrfdDetector:
+class FittedDetector:
+    """`detect` for learned detectors that always fit the whole image to their input: one pass, so
+    there is no coarse-first shortcut for the largest face; `run` is the subclass's."""
+
+    def run(self, image: np.ndarray, scale: float = 1.0, threshold: float | None = None) -> list[Detection]:
+        raise NotImplementedError
+
+    def detect(self, image: np.ndarray, largest_only: bool = False) -> list[Detection]:
+        found = self.run(image, 1.0)
+        if largest_only and found:
+            found = [max(found, key=lambda d: float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))]
+        return found
+
+
+class ScrfdDetector(FittedDetector):
     lenient = 0.3
 
     def __init__(
@@ -99,12 +113,6 @@ class ScrfdDetector:
         self.has_kps = n_out in (9, 15)
         self.threshold = threshold
         self.iou = iou
-
-    def detect(self, image: np.ndarray, largest_only: bool = False) -> list[Detection]:
-        found = self.run(image, 1.0)
-        if largest_only and found:
-            found = [max(found, key=lambda d: float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))]
-        return found
 
     def run(self, image: np.ndarray, scale: float = 1.0, threshold: float | None = None) -> list[Detection]:
         """Faces in an RGB uint8 image. `scale` is ignored: the image is always fitted to the input."""

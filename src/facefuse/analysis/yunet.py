@@ -12,14 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from facefuse.analysis.detect import Detection
-from facefuse.analysis.scrfd import letterbox, to_detections
+from facefuse.analysis.scrfd import FittedDetector, letterbox, to_detections
 from facefuse.models.onnx_io import SessionLike, TensorSpec, bind_inputs, check_outputs
 
 STRIDES = (8, 16, 32)
 KINDS = ("cls", "obj", "bbox", "kps")
 
 
-class YuNetDetector:
+class YuNetDetector(FittedDetector):
     lenient = 0.3
 
     def __init__(
@@ -44,12 +44,6 @@ class YuNetDetector:
         self._order = [names.index(n) for n in wanted] if set(wanted) <= set(names) else list(range(12))
         self.threshold = threshold
         self.iou = iou
-
-    def detect(self, image: np.ndarray, largest_only: bool = False) -> list[Detection]:
-        found = self.run(image, 1.0)
-        if largest_only and found:
-            found = [max(found, key=lambda d: float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))]
-        return found
 
     def run(self, image: np.ndarray, scale: float = 1.0, threshold: float | None = None) -> list[Detection]:
         """Faces in an RGB uint8 image. `scale` is ignored: the image is always fitted to the input."""

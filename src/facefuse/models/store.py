@@ -3,7 +3,9 @@
 Nothing is fetched implicitly: `path()` only looks on disk and, when a file is missing, says in one
 line which file to put where (or which command downloads it). `download()` is the only network call:
 it resumes a `.part` file with an HTTP Range request, checks size and SHA-256, and renames the file
-into place only when it is right, so the final path never holds a partial or wrong file.
+into place only when it is right, so the final path never holds a partial or wrong file. Downloads
+of one file by several processes take turns (an flock on `<file>.lock`): the later ones find the
+file in place. Bytes past the registry's size (or 2 GiB where it gives none) are never written.
 
 Models with no pinned hash are checked by size (where known) and, after their first download, against
 the SHA-256 recorded then in `facefuse-models.lock.json` in the models folder (trust on first use).
@@ -11,6 +13,8 @@ the SHA-256 recorded then in `facefuse-models.lock.json` in the models folder (t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -18,16 +22,27 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from facefuse import __version__
-from facefuse.errors import ModelCorrupt, ModelDownloadFailed, ModelHashMismatch, ModelMissing
+from facefuse.errors import (
+    ModelCorrupt,
+    ModelDownloadFailed,
+    ModelError,
+    ModelHashMismatch,
+    ModelMissing,
+)
 from facefuse.models.registry import ModelSpec, Registry
 
 LOCK_NAME = "facefuse-models.lock.json"
 PART_SUFFIX = ".part"
+# Beside each file being downloaded (and beside the lock file) while it is written: an flock, so two
+# `facefuse models download` runs never write one `.part` or lose each other's recorded hashes.
+FLOCK_SUFFIX = ".lock"
+# Cap on a download whose size the registry does not give: one ONNX protobuf cannot exceed 2 GiB.
+MAX_UNKNOWN_SIZE = 2 << 30
 MODELS_DIR_ENV = "FACEFUSE_MODELS_DIR"
 CHUNK = 1 << 20
 TIMEOUT_S = 30.0
@@ -196,10 +211,12 @@ class ModelStore:
         return data.get("files", {}) if isinstance(data, dict) else {}
 
     def _record(self, spec: ModelSpec, digest: str, size: int) -> None:
-        files = self._read_lock()
-        files[spec.filename] = {"model": spec.name, "sha256": digest, "size": size, "url": spec.url}
-        payload = json.dumps({"version": 1, "files": files}, indent=2, sort_keys=True) + "\n"
-        _atomic_write_text(self.lock_path(), payload)
+        lock = self.lock_path()
+        with _exclusive(lock.with_name(lock.name + FLOCK_SUFFIX)):
+            files = self._read_lock()
+            files[spec.filename] = {"model": spec.name, "sha256": digest, "size": size, "url": spec.url}
+            payload = json.dumps({"version": 1, "files": files}, indent=2, sort_keys=True) + "\n"
+            _atomic_write_text(lock, payload)
 
     # --- download ----------------------------------------------------------------------------------
     def download(self, name: str, progress: Progress | None = None, attempts: int = 3) -> Path:
@@ -211,18 +228,30 @@ class ModelStore:
         """
         spec = self.registry.get(name)
         dest = self.models_dir / spec.filename
-        if dest.is_file():
-            try:
-                self._check(spec, dest)
-                return dest
-            except (ModelCorrupt, ModelHashMismatch):
-                pass  # a bad file in place: download again, then replace it atomically
+        if self._installed(spec, dest):
+            return dest
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ModelDownloadFailed(
                 f"cannot create the models folder {self.models_dir}: {exc.strerror}"
             ) from exc
+        with _exclusive(dest.with_name(dest.name + FLOCK_SUFFIX)):
+            # Another download of this file may have finished while this one waited for the lock.
+            if self._installed(spec, dest):
+                return dest
+            return self._download(spec, dest, progress, attempts)
+
+    def _installed(self, spec: ModelSpec, dest: Path) -> bool:
+        if not dest.is_file():
+            return False
+        try:
+            self._check(spec, dest)
+        except (ModelCorrupt, ModelHashMismatch):
+            return False  # a bad file in place: download again, then replace it atomically
+        return True
+
+    def _download(self, spec: ModelSpec, dest: Path, progress: Progress | None, attempts: int) -> Path:
         part = dest.with_name(dest.name + PART_SUFFIX)
         last_error = ""
         for _ in range(max(1, attempts)):
@@ -268,7 +297,9 @@ class ModelStore:
                 offset = 0  # the server ignored the Range header: start again from the first byte
             length = response.headers.get("Content-Length")
             expected_total = offset + int(length) if length is not None else spec.size
+            limit = spec.size if spec.size is not None else MAX_UNKNOWN_SIZE
             done = offset
+            too_big = False
             try:
                 with part.open("r+b" if offset else "wb") as fh:
                     fh.seek(offset)
@@ -276,18 +307,34 @@ class ModelStore:
                     if progress:
                         progress(done, expected_total)
                     while chunk := response.read(CHUNK):
+                        if done + len(chunk) > limit:
+                            too_big = True  # never written: a server sending without end fills no disk
+                            break
                         fh.write(chunk)
                         done += len(chunk)
                         if progress:
                             progress(done, expected_total)
                     fh.flush()
                     os.fsync(fh.fileno())
+            except ModelError:
+                raise
             except OSError as exc:
                 if isinstance(exc, TimeoutError | ConnectionError):
                     raise _Interrupted(f"connection lost after {done:,} bytes ({exc})") from exc
                 raise ModelDownloadFailed(f"cannot write {part}: {exc.strerror or exc}") from exc
             except Exception as exc:  # http.client.IncompleteRead and friends: a dropped connection
                 raise _Interrupted(f"connection lost after {done:,} bytes ({type(exc).__name__})") from exc
+        if too_big:
+            part.unlink(missing_ok=True)
+            if spec.size is not None:
+                raise ModelCorrupt(
+                    f"model {spec.name}: the download from {spec.url} is larger than the registry's "
+                    f"{spec.size:,} bytes; removed it"
+                )
+            raise ModelDownloadFailed(
+                f"model {spec.name}: the download from {spec.url} passed {MAX_UNKNOWN_SIZE:,} bytes, "
+                "more than any ONNX model holds; stopped and removed it"
+            )
         if expected_total is not None and done < expected_total:
             raise _Interrupted(f"connection closed after {done:,} of {expected_total:,} bytes")
         return True
@@ -315,6 +362,36 @@ class ModelStore:
         with self._lock:
             self._checked[spec.name] = (str(dest.resolve()), stat.st_size, stat.st_mtime_ns)
         return dest
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path`, removed again on release so the models folder stays clean.
+
+    A waiter may wake up holding a file that its owner has just removed; it then locks the new one,
+    so exactly one holder at a time owns the file at `path`.
+    """
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ModelDownloadFailed(f"cannot create the lock file {path}: {exc.strerror or exc}") from exc
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        held = os.fstat(fd)
+        if st is not None and (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        # Removed while still held: anyone waiting on this file sees it gone and tries again.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
 
 
 class _Interrupted(Exception):

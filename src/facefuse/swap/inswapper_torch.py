@@ -13,8 +13,10 @@ their shapes), not by initializer names, so any export of the same architecture 
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from facefuse.errors import ModelUnsupported
+from facefuse.errors import ModelCorrupt, ModelMissing, ModelUnsupported
 
 SIZE = 128
 LATENT = 512
@@ -120,14 +122,20 @@ class OnnxWeights:
 
 
 def read_onnx_weights(model: onnx.ModelProto | str | Path) -> OnnxWeights:
-    """Pull the learned weights out of an inswapper_128-shaped ONNX graph; ModelUnsupported if it is not."""
+    """Pull the learned weights out of an inswapper_128-shaped ONNX graph.
+
+    Raises ModelMissing (no file), ModelCorrupt (not a readable ONNX file, as onnxruntime's path
+    says) or ModelUnsupported (a readable graph of another architecture).
+    """
     path = None
     if not isinstance(model, onnx.ModelProto):
         path = Path(model)
+        if not path.is_file():
+            raise ModelMissing(f"{path}: no such model file")
         try:
             model = onnx.load(str(path))
         except Exception as e:  # protobuf raises its own DecodeError; any failure means the same
-            raise ModelUnsupported(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
+            raise ModelCorrupt(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
     where = str(path) if path else model.graph.name or "model"
     g = model.graph
     tensors = {i.name: i for i in g.initializer}
@@ -214,6 +222,23 @@ def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
+_CUDNN_FLAG = threading.Lock()
+
+
+@contextlib.contextmanager
+def cudnn_autotune() -> Iterator[None]:
+    """cuDNN's per-shape algorithm search on inside the block only, and the process's own setting
+    back after it: a library must not change global state for everything else the process runs.
+    A lock keeps two blocks in two threads from restoring each other's value."""
+    with _CUDNN_FLAG:
+        previous = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = previous
+
+
 class _CudaGraphRunner:
     """One captured CUDA graph for one batch size: static input/output buffers, replayed per call."""
 
@@ -225,14 +250,17 @@ class _CudaGraphRunner:
         self.latent = torch.zeros((batch, LATENT), device=device, dtype=dtype)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        # Warm-up off the capture stream: cuDNN autotuning and lazy initialisation must not be captured.
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(3):
-                fn(self.target, self.latent)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
-            self.out = fn(self.target, self.latent)
+        # The bucket's shape is fixed and the graph keeps the algorithms chosen at capture, so
+        # cuDNN's per-shape search pays for itself here (and only here: replays do not consult it).
+        with cudnn_autotune():
+            # Warm-up off the capture stream: autotuning and lazy initialisation must not be captured.
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(3):
+                    fn(self.target, self.latent)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), torch.inference_mode():
+                self.out = fn(self.target, self.latent)
 
     def __call__(self, target: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         n = target.shape[0]
@@ -276,10 +304,8 @@ class TorchInswapper:
         self.dtype = dtype or (torch.float16 if cuda else torch.float32)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net_from_weights(weights).to(self.device, self.dtype, memory_format=self.memory_format)
-        if cuda:
-            # Shapes are fixed per bucket, so cuDNN's per-shape algorithm search pays for itself.
-            torch.backends.cudnn.benchmark = True
         self._fn = self.net
+        self.compiled = bool(compile)
         if compile:
             mode = compile if isinstance(compile, str) else None
             self._fn = torch.compile(self.net, mode=mode, dynamic=False, fullgraph=True)
@@ -323,7 +349,9 @@ class TorchInswapper:
                 lat = latent[s : s + step].to(self.device, self.dtype)
                 o = self._forward(t, lat)
                 # A CUDA graph's output buffer is overwritten by the next replay: always copy it out.
-                out.append(o.float() if o.dtype != torch.float32 or not self.cuda_graphs else o.clone())
+                # and torch.compile's "reduce-overhead" mode replays graphs of its own: copy out.
+                reused = self.cuda_graphs or self.compiled
+                out.append(o.float() if o.dtype != torch.float32 else o.clone() if reused else o)
         return torch.cat(out) if len(out) != 1 else out[0]
 
     def run(self, target: np.ndarray, latent: np.ndarray) -> np.ndarray:

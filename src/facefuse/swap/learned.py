@@ -25,8 +25,6 @@ from facefuse.masks.combine import MaskSet
 from facefuse.swap.base import SourceFace
 from facefuse.swap.pixel_boost import explode, implode
 
-PIXEL_BOOST_SIZES = (128, 256, 512, 768, 1024)
-
 
 @dataclass
 class PendingCrop:
