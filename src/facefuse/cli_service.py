@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run the REST API (and its job worker) on this machine",
         description=(
             "Serve the facefuse REST API: submit swap jobs by upload, poll them, download the labelled "
-            "results. Jobs run in this process (--workers threads, models loaded once each) and are kept "
+            "results. Jobs run in --workers worker processes (models loaded once each) and are kept "
             "in a SQLite file under --data-dir. Listening beyond localhost needs API keys."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -35,7 +35,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="jobs, uploads, results (default ./facefuse-data)",
     )
-    serve.add_argument("--workers", type=int, default=1, metavar="N", help="job worker threads (default 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="job worker processes, each loading the models once (default 1)",
+    )
+    serve.add_argument(
+        "--worker-threads",
+        action="store_true",
+        help="run the job workers as threads in the API process instead (less memory, slower)",
+    )
     serve.add_argument(
         "--create-key", metavar="NAME", help="create an API key named NAME, print it once, exit"
     )
@@ -94,6 +105,7 @@ def settings_from_args(args: argparse.Namespace):
         host=args.host,
         port=args.port,
         workers=args.workers,
+        worker_processes=not args.worker_threads,
         api_keys=load_keys(data_dir),
         require_keys=True if args.require_keys else None,
         rate_limit_per_minute=args.rate_limit,

@@ -309,8 +309,11 @@ def create_app(
     """
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    default_files = store is None and storage is None
     store = store or SQLiteJobStore(settings.data_dir / "jobs.sqlite3")
     storage = storage or DirectoryStorage(settings.data_dir / "files")
+    if queue is None and settings.worker_processes and default_files:
+        queue = _process_queue(settings)
     queue = queue or LocalQueue(
         store,
         storage,
@@ -358,6 +361,28 @@ def create_app(
     if STATIC_DIR.is_dir():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
     return app
+
+
+def _process_queue(settings: Settings) -> JobQueue:
+    """Worker processes over the default store and storage (each opens its own, by path)."""
+    from functools import partial
+
+    from facefuse.service.procqueue import ProcessQueue, WorkerSpec, threads_per_worker
+
+    spec = WorkerSpec(
+        open_store=partial(SQLiteJobStore, settings.data_dir / "jobs.sqlite3"),
+        open_storage=partial(DirectoryStorage, settings.data_dir / "files"),
+        work_root=settings.data_dir / "work",
+        worker_kwargs={
+            "result_ttl_s": settings.result_ttl_s,
+            "max_pixels": settings.max_pixels,
+            "max_video_frames": settings.max_video_frames,
+            "video_workers": settings.video_workers,
+        },
+        threads=threads_per_worker(settings.workers),
+        log_level=logging.getLogger().getEffectiveLevel(),
+    )
+    return ProcessQueue(SQLiteJobStore(settings.data_dir / "jobs.sqlite3"), spec, workers=settings.workers)
 
 
 def _start(svc: Services) -> None:

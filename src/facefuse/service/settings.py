@@ -34,7 +34,10 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path("facefuse-data"))
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1  # in-process job worker threads (embedded backend), each with its own models
+    workers: int = 1  # job workers (embedded backend), each with its own models
+    # Embedded backend: workers are processes (`facefuse serve`) or threads in this one (the default
+    # for create_app, which tests use in-process).
+    worker_processes: bool = False
     api_keys: dict[str, str] = field(default_factory=dict)  # sha256 hex -> key name (the job owner)
     require_keys: bool | None = None  # None: required when keys exist or the host is not loopback
     rate_limit_per_minute: float = 600.0  # requests per key, refilled continuously
