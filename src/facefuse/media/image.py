@@ -140,6 +140,29 @@ def read_image_data(data: bytes, *, name: str = "image", max_pixels: int = DEFAU
     return _read(io.BytesIO(data), Path(name), max_pixels)
 
 
+def check_image_data(
+    data: bytes, *, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[str, tuple[int, int]]:
+    """What `read_image_data` would refuse, found without decoding every pixel where that is cheap.
+
+    For the service's upload checks (a worker decodes the image fully later anyway): the header is
+    parsed and the pixel limit applied as in `read_image_data`; a JPEG's entropy-coded data is walked
+    at 1/8 scale (needs `simplejpeg`) and a PNG's image data inflated and counted, which finds
+    truncation. Other formats, or a JPEG without `simplejpeg`, are decoded fully. Returns Pillow's
+    format name and the (width, height). Raises TooManyPixels or InputInvalid like `read_image_data`.
+    """
+    fh, path = io.BytesIO(data), Path(name)
+    with pillow_guard():
+        im = _identify(fh, path)
+        _check_pixel_count(im.size, max_pixels, path)
+        pil_format, size = im.format or "", im.size
+        if pil_format == "PNG" or (pil_format in ("JPEG", "MPO") and simplejpeg is not None):
+            _verify_complete(pil_format, fh, path)
+        else:
+            _decode(im, path)
+    return pil_format, size
+
+
 def _read(fh: BinaryIO, path: Path, max_pixels: int) -> np.ndarray:
     with pillow_guard():
         im = _identify(fh, path)

@@ -696,10 +696,15 @@ def _accept(
         raise ApiError(422, "invalid_options", f"{names}: only for video targets")
     job_id = new_job_id()
     prefix = input_prefix(job_id)
+    # The worker decodes every image fully; here a cheap but strict check is enough to refuse bad
+    # files before anything is stored (the API process's time is every client's latency).
     checked_sources = [
-        check_image(s.file, f"source {i + 1}", settings.max_pixels) for i, s in enumerate(sources)
+        check_image(s.file, f"source {i + 1}", settings.max_pixels, decode=False)
+        for i, s in enumerate(sources)
     ]
-    checked_ref = check_image(reference.file, "reference", settings.max_pixels) if reference else None
+    checked_ref = (
+        check_image(reference.file, "reference", settings.max_pixels, decode=False) if reference else None
+    )
     with Staging(svc.staging_root) as staging:
         inputs: dict[str, Any] = {"sources": [], "reference": None}
         if is_video:
@@ -709,7 +714,7 @@ def _accept(
             except FacefuseError as exc:  # name the role, not the server's staging path
                 raise type(exc)(str(exc).replace(str(staged), "target"), exc.exit_code) from None
         else:
-            checked_target = check_image(target.file, "target", settings.max_pixels)
+            checked_target = check_image(target.file, "target", settings.max_pixels, decode=False)
             kind = checked_target.kind
         try:
             for i, checked in enumerate(checked_sources):
