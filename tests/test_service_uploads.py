@@ -62,6 +62,20 @@ def test_upload_check_limits_and_types():
         check_image(io.BytesIO(data), "source 1", 1000, decode=False)
     with pytest.raises(UnsupportedMedia):
         check_image(io.BytesIO(b"GIF89a" + data), "source 1", 40_000_000, decode=False)
-    # A JPEG whose end marker was kept but whose middle is gone: Pillow alone would not notice.
-    with pytest.raises(InputInvalid):
-        check_image(io.BytesIO(data[: len(data) // 2] + b"\xff\xd9"), "target", 40_000_000, decode=False)
+    # Truncated sources are refused too, and a PNG chunk with a bad CRC.
+    with pytest.raises(InputInvalid, match="source 1"):
+        check_image(io.BytesIO(data[:-2]), "source 1", 40_000_000, decode=False)
+    png = bytearray(encoded("PNG"))
+    png[len(png) // 2] ^= 0xFF
+    with pytest.raises(InputInvalid, match="CRC"):
+        check_image(io.BytesIO(bytes(png)), "source 1", 40_000_000, decode=False)
+
+
+def test_damage_that_keeps_the_structure_is_left_to_the_worker_decode():
+    # A JPEG cut short and closed again with an end marker passes the cheap check; the worker's
+    # strict decode (the same as the CLI's) refuses it, so the job fails with input_invalid.
+    data = media("images/biden.jpg").read_bytes()
+    forged = data[: len(data) // 2] + b"\xff\xd9"
+    check_image_data(forged, name="target")
+    with pytest.raises(InputInvalid, match="target"):
+        read_image_data(forged, name="target")
