@@ -51,6 +51,8 @@ class Settings:
     expiry_interval_s: float = 30.0
     cors_origins: list[str] = field(default_factory=list)  # empty: no CORS headers at all
     video_workers: int = 1  # processes per video job; the service runs jobs side by side instead
+    models_dir: Path | None = None  # learned models' folder (None: facefuse.models.default_models_dir())
+    verify_models: bool = True  # check model files' hashes when a worker opens them
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
