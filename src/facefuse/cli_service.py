@@ -83,12 +83,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN"
     )
+    serve.add_argument(
+        "--models-dir",
+        type=Path,
+        metavar="DIR",
+        help="learned models offered to jobs: those installed here (default: $FACEFUSE_MODELS_DIR, "
+        "else ~/.cache/facefuse/models; see `facefuse models`)",
+    )
+    serve.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip size and SHA-256 checks of model files (they must still load as ONNX)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
         "--backend",
         choices=["local", "celery"],
         default="local",
-        help="local: jobs run in this process (default); celery: jobs go to `facefuse worker`s over Redis",
+        help="local: jobs run in --workers processes on this machine (default); "
+        "celery: jobs go to `facefuse worker`s over Redis",
     )
     from facefuse.cli_worker import add_scale_arguments
 
@@ -116,6 +129,8 @@ def settings_from_args(args: argparse.Namespace):
         max_sync_pixels=args.max_sync_pixels,
         result_ttl_s=args.result_ttl * 3600.0,
         cors_origins=list(args.cors_origin),
+        models_dir=args.models_dir,
+        verify_models=not args.no_verify,
     )
 
 
