@@ -114,6 +114,10 @@ class ProcessQueue:
         alive = any(p.is_alive() for p in list(self._procs.values()))
         return self._ready.is_set() and self._error is None and alive
 
+    def pids(self) -> dict[str, int]:
+        """Worker id -> process id of the live workers."""
+        return {wid: p.pid for wid, p in list(self._procs.items()) if p.pid is not None and p.is_alive()}
+
     # -- the supervisor thread --------------------------------------------------------------------
 
     def _spawn(self, n: int) -> str:
