@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zoo_onnx as z
 from fastapi.testclient import TestClient
-from service_helpers import assert_error, image_files, wait_for
+from service_helpers import assert_error, image_files, upload, wait_for
 
 from facefuse.masks.bisenet import REGIONS
 from facefuse.media.video import available_encoders
@@ -98,7 +98,8 @@ def models_dir(tmp_path_factory):
 
 
 def test_installed_models_are_offered_and_run_in_jobs(tmp_path, models_dir):
-    with client_for(tmp_path, models_dir) as client:
+    # video_workers=2: a learned model's video job still runs in the worker itself (runner: no fork).
+    with client_for(tmp_path, models_dir, video_workers=2) as client:
         caps = client.get("/v1/capabilities").json()
         assert names(caps["swappers"]) == ["mesh", "inswapper_128"]
         assert "non-commercial" in caps["swappers"][1]["licence"] and caps["swappers"][1]["learned"]
@@ -122,6 +123,13 @@ def test_installed_models_are_offered_and_run_in_jobs(tmp_path, models_dir):
         assert swapped.status_code == 200 and pipelines.pool().created == opened
         again = client.post("/v1/jobs", files=image_files(), data={"options": json.dumps(options)})
         assert wait_for(client, again.json()["id"], {})["status"] == "done"
+        video = {"swapper": "inswapper_128", "trim_end": "1.5"}
+        files = [upload("source", "images/obama.jpg"), upload("target", "video/short_hamilton_clip.mp4")]
+        response = client.post("/v1/jobs", files=files, data={"options": json.dumps(video)})
+        assert response.status_code == 202, response.text
+        job = wait_for(client, response.json()["id"], {})
+        assert job["status"] == "done", job
+        assert job["summary"]["swapper"] == "inswapper_128" and job["summary"]["faces_swapped"] > 0
 
 
 def test_region_mask_needs_the_parser(tmp_path, models_dir):

@@ -400,7 +400,9 @@ def _run_video(
             info=info,
             output=local,
             options=dataclasses.replace(
-                options.video_settings(workers=worker.video_workers), segment_frames=worker.segment_frames
+                # onnxruntime's thread pools do not survive a fork: learned models stay in this process.
+                options.video_settings(workers=1 if pipe.models.learned else worker.video_workers),
+                segment_frames=worker.segment_frames,
             ),
             make_processor=lambda: FrameSwapper(pipe, source, selection, reference=reference),
             # What else decides the bytes (the input and options are in the manifest already).
