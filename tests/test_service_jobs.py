@@ -146,21 +146,18 @@ def test_expiry_deletes_results(store, storage, worker):
 
 
 def test_local_queue_runs_jobs_and_cancels_queued_ones(store, storage, worker, tmp_path):
-    release = threading.Event()
-
-    def make_worker(worker_id: str) -> Worker:
-        release.wait(30)  # hold the worker so the queue has something queued to cancel
-        return worker
-
-    q = LocalQueue(store, storage, tmp_path / "work", workers=1, make_worker=make_worker)
+    # A job a dead process left running: start() queues it again, ahead of anything new.
+    leftover = image_job(storage)
+    store.create(leftover)
+    assert store.claim(leftover.id, "dead-worker")
+    q = LocalQueue(store, storage, tmp_path / "work", workers=1, make_worker=lambda worker_id: worker)
+    q.start()
+    # Created after start(), so only these submissions queue them, and one worker takes them in order:
+    # by the time job 2 is done, the cancelled job 1 has been skipped and its files removed.
     jobs = [image_job(storage) for _ in range(3)]
     for job in jobs:
         store.create(job)
     store.update(jobs[1].id, status=JobStatus.CANCELLED)  # cancelled before a worker got to it
-    starter = threading.Thread(target=q.start)
-    starter.start()
-    release.set()
-    starter.join(30)
     for job in jobs:
         q.submit(job.id)
     deadline = time.time() + 60
@@ -169,4 +166,6 @@ def test_local_queue_runs_jobs_and_cancels_queued_ones(store, storage, worker, t
     statuses = [store.get(j.id).status for j in jobs]
     assert statuses == [JobStatus.DONE, JobStatus.CANCELLED, JobStatus.DONE]
     assert not (storage.root / "jobs" / jobs[1].id).exists()
+    done = store.get(leftover.id)
+    assert done.status is JobStatus.DONE and done.attempts == 2
     q.stop(timeout=5)

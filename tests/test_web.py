@@ -266,3 +266,44 @@ def _post_faces_error(server: str, path: Path) -> dict:
         res = httpx.post(f"{server}/v1/faces", files={"image": (path.name, fh, "image/jpeg")}, timeout=30)
     assert 400 <= res.status_code < 500, res.text
     return res.json()
+
+
+def test_page_offers_the_models_the_server_has(browser, tmp_path):
+    """The page's model choices come from GET /v1/capabilities: a learned swapper whose files are in
+    the server's models folder appears (the built-in one stays the default); one without does not."""
+    import zoo_onnx as z
+    from playwright.sync_api import expect
+
+    from facefuse.models import default_registry
+
+    root = tmp_path / "models-server"
+    models = root / "models"
+    models.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    registry = default_registry()
+    for name, model in {
+        "inswapper_128": z.inswapper(rng.normal(size=(512, 512)).astype(np.float32)),
+        "arcface_w600k_r50": z.arcface(rng.normal(size=(3, 512))),
+        "gfpgan_1.4": z.restorer(),
+        "simswap_256": z.simswap(),  # its embedding converter is missing: not offered
+    }.items():
+        z.save(model, models / registry.get(name).filename)
+    with _serve(root, "--models-dir", str(models), "--no-verify") as base:
+        context, page, errors = _open(browser, base)
+        expect(page.locator("#server-status")).to_contain_text("Connected")
+        expect(page.locator("#opt-swapper option")).to_have_count(2, timeout=20_000)
+
+        def options(select: str) -> list[list[str]]:
+            return page.eval_on_selector_all(
+                f"{select} option", "els => els.map((e) => [e.value, e.textContent])"
+            )
+
+        assert options("#opt-swapper") == [
+            ["", "Built-in mesh swapper (default)"],
+            ["inswapper_128", "InSwapper 128"],
+        ]
+        assert options("#opt-enhancer") == [["", "None"], ["gfpgan_1.4", "GFPGAN 1.4"]]
+        h264 = [label for value, label in options("#opt-encoder") if "H.264" in label]
+        assert h264 == ["H.264 (default)"]  # the server's list names it too: shown once
+        context.close()
+        assert errors == [], f"uncaught errors in the page: {errors}"

@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run the REST API (and its job worker) on this machine",
         description=(
             "Serve the facefuse REST API: submit swap jobs by upload, poll them, download the labelled "
-            "results. Jobs run in this process (--workers threads, models loaded once each) and are kept "
+            "results. Jobs run in --workers worker processes (models loaded once each) and are kept "
             "in a SQLite file under --data-dir. Listening beyond localhost needs API keys."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -35,7 +35,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="jobs, uploads, results (default ./facefuse-data)",
     )
-    serve.add_argument("--workers", type=int, default=1, metavar="N", help="job worker threads (default 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="job worker processes, each loading the models once (default 1)",
+    )
+    serve.add_argument(
+        "--worker-threads",
+        action="store_true",
+        help="run the job workers as threads in the API process instead (less memory, slower)",
+    )
     serve.add_argument(
         "--create-key", metavar="NAME", help="create an API key named NAME, print it once, exit"
     )
@@ -72,12 +83,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN"
     )
+    serve.add_argument(
+        "--models-dir",
+        type=Path,
+        metavar="DIR",
+        help="learned models offered to jobs: those installed here (default: $FACEFUSE_MODELS_DIR, "
+        "else ~/.cache/facefuse/models; see `facefuse models`)",
+    )
+    serve.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip size and SHA-256 checks of model files (they must still load as ONNX)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
         "--backend",
         choices=["local", "celery"],
         default="local",
-        help="local: jobs run in this process (default); celery: jobs go to `facefuse worker`s over Redis",
+        help="local: jobs run in --workers processes on this machine (default); "
+        "celery: jobs go to `facefuse worker`s over Redis",
     )
     from facefuse.cli_worker import add_scale_arguments
     from facefuse.service.live_ws import add_arguments as add_live_arguments
@@ -97,6 +121,7 @@ def settings_from_args(args: argparse.Namespace):
         host=args.host,
         port=args.port,
         workers=args.workers,
+        worker_processes=not args.worker_threads,
         api_keys=load_keys(data_dir),
         require_keys=True if args.require_keys else None,
         rate_limit_per_minute=args.rate_limit,
@@ -107,6 +132,8 @@ def settings_from_args(args: argparse.Namespace):
         max_sync_pixels=args.max_sync_pixels,
         result_ttl_s=args.result_ttl * 3600.0,
         cors_origins=list(args.cors_origin),
+        models_dir=args.models_dir,
+        verify_models=not args.no_verify,
     )
 
 

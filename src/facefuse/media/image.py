@@ -140,6 +140,91 @@ def read_image_data(data: bytes, *, name: str = "image", max_pixels: int = DEFAU
     return _read(io.BytesIO(data), Path(name), max_pixels)
 
 
+def check_image_data(
+    data: bytes, *, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[str, tuple[int, int]]:
+    """A check of an image in memory that costs next to nothing for JPEG and PNG (no pixel decoded).
+
+    For the service's uploads, which a worker decodes strictly (`read_image_data`) later anyway: the
+    header is parsed and the pixel limit applied as in `read_image_data`, and the file's structure
+    walked: a JPEG's segments up to its scan and the end marker after it, a PNG's chunks with their
+    CRCs up to IEND. That finds truncated and cut-up files. Damage inside the compressed data that
+    keeps the structure (rare, and deliberate) is left to the full decode. Other formats are decoded
+    fully. Returns Pillow's format name and the (width, height). Raises TooManyPixels or InputInvalid.
+    """
+    fh, path = io.BytesIO(data), Path(name)
+    with pillow_guard():
+        im = _identify(fh, path)
+        _check_pixel_count(im.size, max_pixels, path)
+        pil_format, size = im.format or "", im.size
+        if pil_format not in ("JPEG", "MPO", "PNG"):
+            _decode(im, path)
+    problem = _png_structure(data) if pil_format == "PNG" else None
+    if pil_format in ("JPEG", "MPO"):
+        problem = _jpeg_structure(data)
+    if problem:
+        raise InputInvalid(f"{path}: truncated or corrupt image data ({problem})")
+    return pil_format, size
+
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_structure(data: bytes) -> str | None:
+    """What is wrong with a JPEG's marker structure, or None: segments up to SOS, then EOI.
+
+    In entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so an FF D9 after the
+    first scan is the end marker (or inside a later scan's header, which only a crafted file has).
+    """
+    pos, end, frame = 2, len(data), False
+    while True:
+        if pos >= end or data[pos] != 0xFF:
+            return "no marker where one must be"
+        while pos < end and data[pos] == 0xFF:
+            pos += 1
+        if pos >= end:
+            return "ends inside a marker"
+        marker = data[pos]
+        pos += 1
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            continue
+        if marker == 0xD9:
+            return "ends before the image data"
+        if pos + 2 > end:
+            return "ends inside a segment"
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if length < 2 or pos + length > end:
+            return "a segment runs past the end"
+        frame = frame or marker in _JPEG_SOF
+        pos += length
+        if marker == 0xDA:
+            break
+    if not frame:
+        return "no frame header"
+    if data.rfind(b"\xff\xd9", pos) < 0:
+        return "no end marker: cut short"
+    return None
+
+
+def _png_structure(data: bytes) -> str | None:
+    """What is wrong with a PNG's chunks, or None: each complete with a good CRC, IDAT, then IEND."""
+    if not data.startswith(PNG_SIGNATURE):
+        return "no PNG signature"
+    pos, end, idat = len(PNG_SIGNATURE), len(data), False
+    while pos + 12 <= end:
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if pos + 12 + length > end:
+            return f"chunk {kind!r} runs past the end"
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        if zlib.crc32(data[pos + 4 : pos + 8 + length]) != crc:
+            return f"chunk {kind!r} fails its CRC"
+        idat = idat or kind == b"IDAT"
+        if kind == b"IEND":
+            return None if idat else "no image data"
+        pos += 12 + length
+    return "no IEND chunk: cut short"
+
+
 def _read(fh: BinaryIO, path: Path, max_pixels: int) -> np.ndarray:
     with pillow_guard():
         im = _identify(fh, path)

@@ -38,6 +38,7 @@ from facefuse.errors import (
     NoVideoStream,
     TooManyPixels,
 )
+from facefuse.service.capabilities import Capabilities, Installed, capabilities
 from facefuse.service.jobs import (
     ACTIVE,
     Job,
@@ -47,7 +48,7 @@ from facefuse.service.jobs import (
     SQLiteJobStore,
     new_job_id,
 )
-from facefuse.service.options import BadOptions, JobOptions, parse_options
+from facefuse.service.options import MAX_SOURCES, BadOptions, JobOptions, parse_options
 from facefuse.service.queue import JobQueue, LocalQueue
 from facefuse.service.runner import OUTPUT_MIME, error_code, input_prefix, job_prefix
 from facefuse.service.settings import Settings
@@ -66,7 +67,6 @@ __all__ = ["Settings", "create_app"]
 log = logging.getLogger("facefuse.service")
 STATIC_DIR = Path(__file__).parent / "static"
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-MAX_SOURCES = 10
 
 
 class ApiError(Exception):
@@ -89,7 +89,6 @@ def error_response(request: Request, status: int, code: str, message: str, heade
 
 
 HTTP_CODES = {
-    400: "bad_request",
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
@@ -255,6 +254,7 @@ class Services:
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_burst)
         self.submit_lock = threading.Lock()
         self.pipeline: Any = None  # for /v1/faces and /v1/swap; loaded at start-up
+        self.pipelines: Any = None  # the same, plus learned model choices (service.capabilities)
         self.pipeline_lock = threading.Lock()
         self.signer: Any = None
         self.stop = threading.Event()
@@ -310,8 +310,11 @@ def create_app(
     """
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    default_files = store is None and storage is None
     store = store or SQLiteJobStore(settings.data_dir / "jobs.sqlite3")
     storage = storage or DirectoryStorage(settings.data_dir / "files")
+    if queue is None and settings.worker_processes and default_files:
+        queue = _process_queue(settings)
     queue = queue or LocalQueue(
         store,
         storage,
@@ -321,6 +324,8 @@ def create_app(
         max_pixels=settings.max_pixels,
         max_video_frames=settings.max_video_frames,
         video_workers=settings.video_workers,
+        models_dir=settings.models_dir,
+        verify_models=settings.verify_models,
     )
     svc = Services(settings, store, storage, queue)
     svc.pipeline = pipeline
@@ -364,6 +369,31 @@ def create_app(
     return app
 
 
+def _process_queue(settings: Settings) -> JobQueue:
+    """Worker processes over the default store and storage (each opens its own, by path)."""
+    from functools import partial
+
+    from facefuse.service.procqueue import ProcessQueue, WorkerSpec, threads_per_worker
+
+    spec = WorkerSpec(
+        open_store=partial(SQLiteJobStore, settings.data_dir / "jobs.sqlite3"),
+        open_storage=partial(DirectoryStorage, settings.data_dir / "files"),
+        work_root=settings.data_dir / "work",
+        worker_kwargs={
+            "result_ttl_s": settings.result_ttl_s,
+            "max_pixels": settings.max_pixels,
+            "max_video_frames": settings.max_video_frames,
+            "video_workers": settings.video_workers,
+            "models_dir": settings.models_dir,
+            "verify_models": settings.verify_models,
+            "model_threads": threads_per_worker(settings.workers),
+        },
+        threads=threads_per_worker(settings.workers),
+        log_level=logging.getLogger().getEffectiveLevel(),
+    )
+    return ProcessQueue(SQLiteJobStore(settings.data_dir / "jobs.sqlite3"), spec, workers=settings.workers)
+
+
 def _start(svc: Services) -> None:
     from facefuse.analysis import DetectorSettings
     from facefuse.media.labels import SigningIdentity
@@ -383,13 +413,25 @@ def _start(svc: Services) -> None:
     log.info("facefuse service ready (backend %s)", svc.queue.backend)
 
 
-def _pipeline(svc: Services) -> Any:
-    """The sync endpoints' Pipeline (loaded at start-up; here too for an app used without its lifespan)."""
+def _pipeline(svc: Services, options: JobOptions | None = None) -> Any:
+    """The sync endpoints' Pipeline for `options` (the built-in one is loaded at start-up; here too
+    for an app used without its lifespan)."""
     if svc.pipeline is None:
         from facefuse.pipeline import Pipeline
 
         svc.pipeline = Pipeline(max_pixels=svc.settings.max_pixels)
-    return svc.pipeline
+    if options is None:
+        return svc.pipeline
+    if svc.pipelines is None:
+        from facefuse.service.capabilities import Pipelines
+
+        svc.pipelines = Pipelines(
+            svc.pipeline,
+            models_dir=svc.settings.models_dir,
+            verify=svc.settings.verify_models,
+            max_pixels=svc.settings.max_pixels,
+        )
+    return svc.pipelines.get(options)
 
 
 def _stop(svc: Services) -> None:
@@ -420,6 +462,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI/Starlette's 400 is a body that cannot be parsed (malformed multipart, no
+            # boundary): a bad request like any other invalid form, so the documented 422.
+            detail = exc.detail if isinstance(exc.detail, str) else "malformed request body"
+            return error_response(request, 422, "invalid_request", f"malformed request body ({detail})")
         code = HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(request, exc.status_code, code, message, getattr(exc, "headers", None))
@@ -451,7 +498,7 @@ ERRORS = {
     401: {"description": "missing or invalid API key"},
     413: {"description": "upload or image too large"},
     415: {"description": "not a supported image/video (sniffed from the bytes)"},
-    422: {"description": "bad options or unusable media"},
+    422: {"description": "bad options, unusable media, or a malformed or incomplete form"},
     429: {"description": "rate limit or job quota exceeded (Retry-After)"},
 }
 
@@ -515,7 +562,7 @@ def _add_routes(app: FastAPI) -> None:
     ) -> dict[str, Any]:
         """Queue a swap job; poll GET /v1/jobs/{id} and download GET /v1/jobs/{id}/result."""
         svc = services(request)
-        opts = _options(options)
+        opts = _options(options, svc.settings)
         if len(source) > MAX_SOURCES:
             raise ApiError(422, "invalid_request", f"at most {MAX_SOURCES} source photos")
         if svc.settings.max_active_jobs and svc.store.count_active(owner) >= svc.settings.max_active_jobs:
@@ -530,6 +577,13 @@ def _add_routes(app: FastAPI) -> None:
             svc.store.create(job)
         svc.queue.submit(job.id)
         return job.public(None)
+
+    @app.get("/v1/capabilities", tags=["service"], responses=AUTH_ERRORS, response_model=Capabilities)
+    def get_capabilities(request: Request, owner: Owner) -> Capabilities:
+        """What this server offers in job options (learned models only where their files are
+        installed), and its limits. The web page builds its choices from this."""
+        settings = services(request).settings
+        return capabilities(settings, Installed.scan(settings.models_dir))
 
     @app.get("/v1/jobs", tags=["jobs"], responses=AUTH_ERRORS)
     def list_jobs(
@@ -612,14 +666,22 @@ def _add_routes(app: FastAPI) -> None:
         options: Annotated[str | None, Form(description="JSON object of job options")] = None,
     ) -> Response:
         """Swap a small image and answer with the labelled result directly."""
-        return _swap_now(services(request), _options(options), source, target, reference)
+        svc = services(request)
+        return _swap_now(svc, _options(options, svc.settings), source, target, reference)
 
 
-def _options(text: str | None) -> JobOptions:
+def _options(text: str | None, settings: Settings) -> JobOptions:
+    """The job options, parsed and checked against what this server has installed (else 422)."""
+    from facefuse.service.capabilities import Installed, unavailable
+
     try:
-        return parse_options(text)
+        opts = parse_options(text)
     except BadOptions as exc:
         raise ApiError(422, "invalid_options", str(exc)) from None
+    problem = unavailable(opts, Installed.scan(settings.models_dir))
+    if problem:
+        raise ApiError(422, "invalid_options", problem)
+    return opts
 
 
 def _own_job(request: Request, owner: str, job_id: str) -> Job:
@@ -675,10 +737,15 @@ def _accept(
         raise ApiError(422, "invalid_options", f"{names}: only for video targets")
     job_id = new_job_id()
     prefix = input_prefix(job_id)
+    # The worker decodes every image fully; here a cheap but strict check is enough to refuse bad
+    # files before anything is stored (the API process's time is every client's latency).
     checked_sources = [
-        check_image(s.file, f"source {i + 1}", settings.max_pixels) for i, s in enumerate(sources)
+        check_image(s.file, f"source {i + 1}", settings.max_pixels, decode=False)
+        for i, s in enumerate(sources)
     ]
-    checked_ref = check_image(reference.file, "reference", settings.max_pixels) if reference else None
+    checked_ref = (
+        check_image(reference.file, "reference", settings.max_pixels, decode=False) if reference else None
+    )
     with Staging(svc.staging_root) as staging:
         inputs: dict[str, Any] = {"sources": [], "reference": None}
         if is_video:
@@ -688,7 +755,7 @@ def _accept(
             except FacefuseError as exc:  # name the role, not the server's staging path
                 raise type(exc)(str(exc).replace(str(staged), "target"), exc.exit_code) from None
         else:
-            checked_target = check_image(target.file, "target", settings.max_pixels)
+            checked_target = check_image(target.file, "target", settings.max_pixels, decode=False)
             kind = checked_target.kind
         try:
             for i, checked in enumerate(checked_sources):
@@ -742,7 +809,7 @@ def _swap_now(
     fmt = opts.output_format or ("jpg" if checked_target.kind == "jpg" else "png")
     selection = opts.selection()
     with svc.pipeline_lock:
-        pipe = _pipeline(svc)
+        pipe = _pipeline(svc, opts)
         source = pipe.source(sources_rgb)
         ref = pipe.reference(ref_rgb) if ref_rgb is not None else None
         if ref is None and opts.reference_face_index is not None:

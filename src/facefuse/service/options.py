@@ -28,10 +28,15 @@ PRESETS = {
     "vp9": ("realtime", "good", "best"),
     "av1": tuple(str(n) for n in range(14)),
 }
-# What this server can run; a model zoo adds names here (validated per request, never fetched).
-SWAPPERS = ("mesh",)
-ENHANCERS = ("none",)
-MASKS = ("mesh",)
+# Every name a job may ask for (facefuse.zoo's, as JSON values). Which of them a server can run
+# depends on the model files it has: service.capabilities checks that per request.
+SWAPPERS = ("mesh", "inswapper_128", "inswapper_128_fp16", "simswap_256")
+ENHANCERS = ("none", "gfpgan_1.4", "codeformer", "gpen_bfr_512")
+# mesh: the swapper's own (the mesh swapper's face region; a learned swapper's soft box). The others
+# are for learned swappers: box, box minus occluders (XSeg), box limited to face regions (BiSeNet).
+MASKS = ("mesh", "box", "occlusion", "region")
+DETECTORS = ("hog", "scrfd_10g", "scrfd_2.5g", "scrfd_500m", "yunet")
+MAX_SOURCES = 10
 
 
 class BadOptions(ValueError):
@@ -62,8 +67,12 @@ class JobOptions(BaseModel):
     trim_end: str | None = Field(None, max_length=32)
     swapper: str = "mesh"
     enhancer: str = "none"
-    enhancer_blend: float = Field(1.0, ge=0.0, le=1.0)
+    enhancer_blend: float = Field(0.8, ge=0.0, le=1.0)
     mask: str = "mesh"
+    mask_regions: list[str] | None = Field(
+        None, min_length=1, max_length=16, description="face regions for mask 'region' (default: all)"
+    )
+    detector: str = "hog"
 
     @field_validator("swapper")
     @classmethod
@@ -79,6 +88,21 @@ class JobOptions(BaseModel):
     @classmethod
     def _known_mask(cls, value: str) -> str:
         return _one_of("mask", value, MASKS)
+
+    @field_validator("detector")
+    @classmethod
+    def _known_detector(cls, value: str) -> str:
+        return _one_of("detector", value, DETECTORS)
+
+    @field_validator("mask_regions")
+    @classmethod
+    def _known_regions(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            from facefuse.masks.bisenet import REGIONS
+
+            for name in value:
+                _one_of("mask region", name, tuple(REGIONS))
+        return value
 
     @field_validator("trim_start", "trim_end")
     @classmethod
@@ -111,6 +135,10 @@ class JobOptions(BaseModel):
     def _consistent(self) -> JobOptions:
         if self.preset is not None and self.preset not in PRESETS[self.encoder]:
             raise ValueError(f"preset {self.preset!r} is not one of {', '.join(PRESETS[self.encoder])}")
+        if self.mask_regions is not None and self.mask != "region":
+            raise ValueError("mask_regions: only with mask 'region'")
+        if self.mask not in ("mesh", "box") and self.swapper == "mesh":
+            raise ValueError(f"mask {self.mask!r}: only for learned swappers (the mesh swapper has its own)")
         return self
 
     def selection(self) -> Selection:
@@ -141,7 +169,7 @@ class JobOptions(BaseModel):
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise ValueError(f"{name} {value!r} is not available on this server (have: {', '.join(allowed)})")
+        raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
     return value
 
 

@@ -60,6 +60,8 @@ class LocalQueue:
         max_pixels: int = 40_000_000,
         max_video_frames: int = 18_000,
         video_workers: int = 1,
+        models_dir: Path | None = None,
+        verify_models: bool = True,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -73,6 +75,8 @@ class LocalQueue:
                 max_pixels=max_pixels,
                 max_video_frames=max_video_frames,
                 video_workers=video_workers,
+                models_dir=models_dir,
+                verify_models=verify_models,
             )
         )
         self._jobs: queue.Queue[str | None] = queue.Queue()

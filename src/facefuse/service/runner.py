@@ -55,6 +55,24 @@ class Worker:
     signer: Any = None
     id: str = "worker"
     extra: dict[str, Any] = field(default_factory=dict)
+    models_dir: Path | None = None  # learned models (None: the default folder)
+    verify_models: bool = True
+    model_threads: int | None = None  # onnxruntime threads per session (None: its default)
+    pipelines: Any = None  # service.capabilities.Pipelines, made on first use
+
+    def pipeline_for(self, options: JobOptions) -> Pipeline:
+        """The built-in Pipeline, or the one for the job's learned models (built once per choice)."""
+        if self.pipelines is None:
+            from facefuse.service.capabilities import Pipelines
+
+            self.pipelines = Pipelines(
+                self.pipeline,
+                models_dir=self.models_dir,
+                verify=self.verify_models,
+                threads=self.model_threads,
+                max_pixels=self.max_pixels,
+            )
+        return self.pipelines.get(options)
 
     @classmethod
     def load(cls, work_root: Path, *, worker_id: str = "worker", **kwargs: Any) -> Worker:
@@ -304,7 +322,7 @@ def _run_image(
 ) -> dict[str, Any]:
     from facefuse.media import write_image
 
-    pipe = worker.pipeline
+    pipe = worker.pipeline_for(options)
     timings = Timings()
     report("decode", 0, 1)
     with contextlib.ExitStack() as stack:
@@ -352,7 +370,7 @@ def _run_video(
     from facefuse.stream import FrameSwapper
     from facefuse.video import VideoJob
 
-    pipe = worker.pipeline
+    pipe = worker.pipeline_for(options)
     report("probe", 0, 0)
     with contextlib.ExitStack() as stack:
         (target_path,) = _paths(stack, storage, [job.inputs["target"]], "target", names)
@@ -382,7 +400,9 @@ def _run_video(
             info=info,
             output=local,
             options=dataclasses.replace(
-                options.video_settings(workers=worker.video_workers), segment_frames=worker.segment_frames
+                # onnxruntime's thread pools do not survive a fork: learned models stay in this process.
+                options.video_settings(workers=1 if pipe.models.learned else worker.video_workers),
+                segment_frames=worker.segment_frames,
             ),
             make_processor=lambda: FrameSwapper(pipe, source, selection, reference=reference),
             # What else decides the bytes (the input and options are in the manifest already).

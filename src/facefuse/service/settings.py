@@ -34,7 +34,10 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path("facefuse-data"))
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1  # in-process job worker threads (embedded backend), each with its own models
+    workers: int = 1  # job workers (embedded backend), each with its own models
+    # Embedded backend: workers are processes (`facefuse serve`) or threads in this one (the default
+    # for create_app, which tests use in-process).
+    worker_processes: bool = False
     api_keys: dict[str, str] = field(default_factory=dict)  # sha256 hex -> key name (the job owner)
     require_keys: bool | None = None  # None: required when keys exist or the host is not loopback
     rate_limit_per_minute: float = 600.0  # requests per key, refilled continuously
@@ -48,6 +51,8 @@ class Settings:
     expiry_interval_s: float = 30.0
     cors_origins: list[str] = field(default_factory=list)  # empty: no CORS headers at all
     video_workers: int = 1  # processes per video job; the service runs jobs side by side instead
+    models_dir: Path | None = None  # learned models' folder (None: facefuse.models.default_models_dir())
+    verify_models: bool = True  # check model files' hashes when a worker opens them
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

@@ -53,22 +53,27 @@ def sniff(head: bytes) -> str | None:
 class CheckedImage:
     kind: str  # a key of IMAGE_TYPES
     data: bytes
-    rgb: np.ndarray
+    rgb: np.ndarray | None  # None when checked without decoding (decode=False)
 
 
-def check_image(fh: BinaryIO, role: str, max_pixels: int) -> CheckedImage:
-    """Read and fully decode an uploaded image (strictly, as the CLI does).
+def check_image(fh: BinaryIO, role: str, max_pixels: int, *, decode: bool = True) -> CheckedImage:
+    """Read and check an uploaded image; with `decode` also decode it (strictly, as the CLI does).
 
+    `decode=False` is for uploads a job worker decodes later: the header, the pixel limit and the
+    completeness of the compressed data are checked, not every pixel (media.image.check_image_data).
     Raises UnsupportedMedia (not an image type we take), TooManyPixels (from the header, before
     any pixel is decoded) or InputInvalid (truncated, corrupt).
     """
-    from facefuse.media.image import read_image_data
+    from facefuse.media.image import check_image_data, read_image_data
 
     data = fh.read()
     kind = sniff(data[:SNIFF_BYTES])
     if kind not in IMAGE_TYPES:
         what = f"a {kind} video" if kind else "not an image"
         raise UnsupportedMedia(f"{role}: {what}; send a JPEG, PNG, WebP, BMP or TIFF image")
+    if not decode:
+        check_image_data(data, name=role, max_pixels=max_pixels)
+        return CheckedImage(kind, data, None)
     return CheckedImage(kind, data, read_image_data(data, name=role, max_pixels=max_pixels))
 
 

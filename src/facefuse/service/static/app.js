@@ -276,9 +276,9 @@ function fillOptions() {
     ? FIXED.videoFormats
     : (offered("output_formats", "output_format") || FIXED.imageFormats.slice(1)).filter(([v]) => v !== "mp4");
   fillSelect($("opt-format"), formats, video ? {} : { defaultLabel: "Same as target" });
-  fillSelect($("opt-encoder"), offered("encoders", "encoder")?.map(([v, l]) => [v, l]) || FIXED.encoders.slice(1), {
-    defaultLabel: "H.264 (default)",
-  });
+  // H.264 is the default entry (sent as nothing); the server's list names it too.
+  const encoders = (offered("encoders", "encoder") || FIXED.encoders.slice(1)).filter(([v]) => v !== "h264");
+  fillSelect($("opt-encoder"), encoders, { defaultLabel: "H.264 (default)" });
   fillPresets();
   syncOptionFields();
 }
