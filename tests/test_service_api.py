@@ -29,7 +29,7 @@ def server(tmp_path_factory):
         rate_limit_per_minute=0,
     )
     app = create_app(settings)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client, app.state.services
 
 

@@ -34,7 +34,7 @@ def make(tmp_path, **overrides):
     )
     app = create_app(settings)
     svc = app.state.services
-    return TestClient(app), svc, files_under(settings.data_dir)
+    return TestClient(app, base_url="http://127.0.0.1"), svc, files_under(settings.data_dir)
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def client_for(tmp_path, models_dir, **settings) -> TestClient:
     data = tmp_path / "data"
     base = {"rate_limit_per_minute": 0, "max_active_jobs": 0, "workers": 1, "verify_models": False}
     app = create_app(Settings(data_dir=data, models_dir=models_dir, **{**base, **settings}))
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 def test_option_names_are_the_zoos():

@@ -20,7 +20,16 @@ from facefuse.service.app import Settings, create_app
 # Not started (no workers): a job that gets through is only queued. The synchronous endpoints load
 # their Pipeline on first use. The folder goes when the test process exits.
 _DATA = tempfile.TemporaryDirectory(prefix="facefuse-schema-")
-APP = create_app(Settings(data_dir=Path(_DATA.name), rate_limit_per_minute=0, max_active_jobs=0))
+# schemathesis calls the app as "testserver": the configured host, so a keyless server answers it.
+APP = create_app(
+    Settings(
+        data_dir=Path(_DATA.name),
+        host="testserver",
+        require_keys=False,
+        rate_limit_per_minute=0,
+        max_active_jobs=0,
+    )
+)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
@@ -44,7 +53,7 @@ def test_every_operation_is_exercised():
 def test_malformed_multipart_is_a_documented_422():
     from fastapi.testclient import TestClient
 
-    client = TestClient(APP)
+    client = TestClient(APP, base_url="http://127.0.0.1")
     for path in ("/v1/jobs", "/v1/swap", "/v1/faces"):
         for content_type, body in (
             ("multipart/form-data; boundary=xyz", b"--xyz\r\n-8202--xyz--\r\n"),

@@ -214,6 +214,62 @@ async def _drain_nothing() -> Message:
     return {"type": "http.disconnect"}
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _host_name(host: str) -> str:
+    """The name part of a Host header ("[::1]:8000" -> "::1", "Example.org:80" -> "example.org")."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class BrowserGuard:
+    """Keeps other web pages out. Without keys every caller is the owner `local`, so a page from
+    anywhere could post jobs through a visitor's browser (a multipart POST needs no preflight) and,
+    by DNS rebinding, read them back. So: a keyless server answers only to loopback Host names (and
+    its configured host), and /v1 refuses a foreign Origin or `Sec-Fetch-Site: cross-site` unless
+    that origin is a configured --cors-origin. Clients that are not browsers send neither."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.hosts = LOOPBACK_NAMES | {settings.host.lower().strip("[]")}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        problem = None
+        if not self.settings.keys_needed and _host_name(host) not in self.hosts:
+            problem = (400, "invalid_host", f"Host {host[:80]!r} is not this server's")
+        elif scope.get("path", "").startswith("/v1/") and scope["type"] == "http":
+            origin = headers.get(b"origin", b"").decode("latin-1") or None
+            cross = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower() == "cross-site"
+            if origin is not None:
+                foreign = origin.split("://", 1)[-1] != host and origin not in self.settings.cors_origins
+            else:
+                foreign = cross
+            if foreign:
+                problem = (403, "forbidden_origin", "requests from other web pages are not allowed")
+        if problem is None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 4403, "reason": problem[2]})
+        else:
+            rid = scope.get("state", {}).get("request_id", "")
+            status, code, message = problem
+            response = JSONResponse(
+                {"error": {"code": code, "message": message}, "request_id": rid},
+                status_code=status,
+                headers={"Connection": "close"},
+            )
+            await response(scope, _drain_nothing, send)
+
+
 # ---------------------------------------------------------------------------------------------
 # Keys, rate limits
 # ---------------------------------------------------------------------------------------------
@@ -363,6 +419,7 @@ def create_app(
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BrowserGuard, settings=settings)
     app.add_middleware(RequestContext)
     if STATIC_DIR.is_dir():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")

@@ -1,0 +1,63 @@
+"""Review fixes for the service: other web pages kept out, streamed results, output limits, quotas."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from service_helpers import assert_error, files_under, image_files
+
+from facefuse.service.app import Settings, create_app
+
+LOCAL = "http://127.0.0.1:8000"
+
+
+def keyless(tmp_path, **overrides):
+    settings = Settings(data_dir=tmp_path / "data", rate_limit_per_minute=0, **overrides)
+    app = create_app(settings)
+    return TestClient(app, base_url=LOCAL), app.state.services, settings
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example"])
+def test_keyless_server_refuses_a_foreign_host(tmp_path, host):
+    # DNS rebinding: the attacker's name resolves to 127.0.0.1, so the browser sends its Host.
+    client, _, _ = keyless(tmp_path)
+    assert_error(client.get("/v1/jobs", headers={"Host": host}), 400, "invalid_host")
+    assert_error(client.get("/", headers={"Host": host}), 400, "invalid_host")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "localhost"])
+def test_keyless_server_answers_loopback_names(tmp_path, host):
+    client, _, _ = keyless(tmp_path)
+    assert client.get("/v1/jobs", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "http://localhost:3000"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+)
+def test_cross_site_post_is_refused_and_nothing_stored(tmp_path, headers):
+    client, svc, settings = keyless(tmp_path)
+    before = files_under(settings.data_dir)
+    response = client.post("/v1/jobs", files=image_files(), headers=headers)
+    assert_error(response, 403, "forbidden_origin")
+    assert files_under(settings.data_dir) == before
+    assert svc.store.list("local", 10) == []
+    assert_error(client.get("/v1/jobs", headers=headers), 403, "forbidden_origin")
+
+
+def test_own_page_and_configured_origins_still_work(tmp_path):
+    client, svc, _ = keyless(tmp_path, cors_origins=["https://app.example"])
+    own = {"Origin": LOCAL, "Sec-Fetch-Site": "same-origin"}
+    assert client.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200  # a link to the page
+    response = client.post("/v1/jobs", files=image_files(), headers=own)
+    assert response.status_code == 202, response.text
+    assert client.get("/v1/jobs", headers=own).json()["jobs"][0]["id"] == response.json()["id"]
+    allowed = {"Origin": "https://app.example", "Sec-Fetch-Site": "cross-site"}
+    got = client.get("/v1/jobs", headers=allowed)
+    assert got.status_code == 200 and got.headers["access-control-allow-origin"] == "https://app.example"
+    svc.queue.stop()
