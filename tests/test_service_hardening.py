@@ -61,3 +61,55 @@ def test_own_page_and_configured_origins_still_work(tmp_path):
     got = client.get("/v1/jobs", headers=allowed)
     assert got.status_code == 200 and got.headers["access-control-allow-origin"] == "https://app.example"
     svc.queue.stop()
+
+
+class NoWholeFiles:
+    """A Storage that is not a DirectoryStorage (as S3 is) and refuses to hand over whole files."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def get(self, key):
+        raise AssertionError(f"storage.get({key!r}): the result must be streamed")
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def done_job(svc, data: bytes):
+    import time
+
+    from facefuse.service.jobs import Job, JobKind, JobStatus, new_job_id
+
+    job_id = new_job_id()
+    key = f"jobs/{job_id}/result.mp4"
+    svc.storage.put(key, data)
+    job = Job(id=job_id, owner="local", kind=JobKind.VIDEO, status=JobStatus.DONE, output=key)
+    job.finished_at, job.expires_at = time.time(), time.time() + 3600
+    svc.store.create(job)
+    return job_id
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_result_is_streamed_not_read_whole(tmp_path, monkeypatch, wrapped):
+    import os
+
+    from facefuse.service.jobs import SQLiteJobStore
+    from facefuse.service.storage import DirectoryStorage
+
+    settings = Settings(data_dir=tmp_path / "data", rate_limit_per_minute=0)
+    storage = DirectoryStorage(tmp_path / "files")
+    if wrapped:
+        storage = NoWholeFiles(storage)
+    else:
+        monkeypatch.setattr(storage, "get", NoWholeFiles(None).get)
+    app = create_app(settings, SQLiteJobStore(tmp_path / "jobs.sqlite3"), storage)
+    client = TestClient(app, base_url=LOCAL)
+    data = os.urandom(5 * 1024 * 1024 + 123)  # several chunks and a part
+    job_id = done_job(app.state.services, data)
+    with client.stream("GET", f"/v1/jobs/{job_id}/result") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "video/mp4"
+        assert int(response.headers["content-length"]) == len(data)
+        assert response.headers["content-disposition"].startswith("attachment")
+        assert response.read() == data

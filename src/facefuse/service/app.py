@@ -14,14 +14,14 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -676,11 +676,8 @@ def _add_routes(app: FastAPI) -> None:
         if job.status is not JobStatus.DONE or not job.output or not svc.storage.exists(job.output):
             raise ApiError(409, "not_done", f"the job is {job.status.value}; no result to download")
         fmt = job.output.rsplit(".", 1)[-1]
-        return Response(
-            svc.storage.get(job.output),
-            media_type=OUTPUT_MIME[fmt],
-            headers={"Content-Disposition": f'attachment; filename="facefuse-{job.id[:12]}.{fmt}"'},
-        )
+        headers = {"Content-Disposition": f'attachment; filename="facefuse-{job.id[:12]}.{fmt}"'}
+        return _stream(svc.storage, job.output, OUTPUT_MIME[fmt], headers)
 
     @app.delete("/v1/jobs/{job_id}", tags=["jobs"], responses={**AUTH_ERRORS, 404: NOT_FOUND})
     def cancel(request: Request, owner: Owner, job_id: str) -> dict[str, Any]:
@@ -739,6 +736,27 @@ def _options(text: str | None, settings: Settings) -> JobOptions:
     if problem:
         raise ApiError(422, "invalid_options", problem)
     return opts
+
+
+RESULT_CHUNK = 1024 * 1024
+
+
+def _stream(storage: Storage, key: str, media_type: str, headers: dict[str, str]) -> Response:
+    """A result file sent in pieces (a video result can be gigabytes; never held in memory)."""
+    if isinstance(storage, DirectoryStorage):
+        # Sent from the open file (sendfile where the server can); Content-Length and ranges too.
+        return FileResponse(storage.path(key), media_type=media_type, headers=headers)
+    size = storage.size(key)
+    fh = storage.open(key)
+
+    def chunks() -> Iterator[bytes]:
+        with fh:
+            while block := fh.read(RESULT_CHUNK):
+                yield block
+
+    return StreamingResponse(
+        chunks(), media_type=media_type, headers={**headers, "Content-Length": str(size)}
+    )
 
 
 def _own_job(request: Request, owner: str, job_id: str) -> Job:
