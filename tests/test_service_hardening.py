@@ -113,3 +113,62 @@ def test_result_is_streamed_not_read_whole(tmp_path, monkeypatch, wrapped):
         assert int(response.headers["content-length"]) == len(data)
         assert response.headers["content-disposition"].startswith("attachment")
         assert response.read() == data
+
+
+CLIP = "video/short_hamilton_clip.mp4"
+
+
+def clip_info():
+    from conftest import media
+
+    from facefuse.media import video as media_video
+
+    return media_video.probe(media(CLIP))
+
+
+def video_files():
+    from service_helpers import upload
+
+    return [upload("source", "images/obama.jpg"), upload("target", CLIP)]
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [('{"resolution": "16384x16384"}', "resolution"), ('{"resolution": "-1x16000"}', "resolution")],
+)
+def test_output_resolution_over_the_pixel_limit_is_refused(tmp_path, options, needle):
+    client, svc, settings = keyless(tmp_path)
+    before = files_under(settings.data_dir / "files")
+    response = client.post("/v1/jobs", files=video_files(), data={"options": options})
+    body = assert_error(response, 422, "invalid_options")
+    assert needle in body["error"]["message"] and "40,000,000" in body["error"]["message"]
+    assert files_under(settings.data_dir / "files") == before
+    assert svc.store.list("local", 10) == []
+
+
+def test_output_frame_count_over_the_frame_limit_is_refused(tmp_path):
+    info = clip_info()
+    client, svc, _ = keyless(tmp_path, max_video_frames=info.frame_count)
+    fast = str(int(info.rate * 4))
+    response = client.post("/v1/jobs", files=video_files(), data={"options": f'{{"fps": "{fast}"}}'})
+    body = assert_error(response, 422, "invalid_options")
+    assert "frames" in body["error"]["message"]
+    # The same clip at its own rate, or smaller, is within the limits.
+    for ok in ('{"resolution": "320x-1"}', f'{{"fps": "{info.rate}"}}'):
+        assert client.post("/v1/jobs", files=video_files(), data={"options": ok}).status_code == 202
+    svc.queue.stop()
+
+
+def test_runner_checks_the_output_limits_too():
+    from facefuse.service.options import parse_options
+    from facefuse.service.uploads import output_problem
+
+    info = clip_info()
+    big = parse_options('{"resolution": "8000x8000"}')
+    assert "resolution" in output_problem(info, big, 40_000_000, 18_000)
+    assert output_problem(info, big, 0, 0) is None  # 0 switches a limit off
+    doubled = parse_options(f'{{"fps": "{info.rate * 2}"}}')
+    frames = output_problem(info, doubled, 0, info.frame_count)
+    assert frames is not None and "output would have" in frames
+    assert output_problem(info, doubled, 0, 2 * info.frame_count + 1) is None
+    assert output_problem(info, parse_options(None), 40_000_000, info.frame_count) is None

@@ -182,6 +182,16 @@ class Timeline:
         offset = round(base * self.fps)
         return [offset + k for k in range(k0, k1)]
 
+    @property
+    def output_frames(self) -> int:
+        """How many frames the output has (with --fps: the kept span's duration times the rate)."""
+        if self.fps is None:
+            return self.stop - self.first
+        info = self.info
+        start = info.pts[self.first]
+        end = info.pts[self.stop] if self.stop < info.frame_count else info.pts[-1] + info.last_duration
+        return max(1, math.ceil((end - start) * info.time_base * self.fps))
+
     def segments(self, size: int) -> list[Segment]:
         size = size or auto_segment_frames(self.stop - self.first)
         starts = range(self.first, self.stop, size)

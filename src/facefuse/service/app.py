@@ -59,6 +59,7 @@ from facefuse.service.uploads import (
     UnsupportedMedia,
     check_image,
     check_video,
+    output_problem,
     sniff_file,
 )
 
@@ -826,9 +827,12 @@ def _accept(
         if is_video:
             staged = staging.save(target.file, f"target.{kind}")
             try:
-                check_video(staged, settings.max_pixels, settings.max_video_frames)
+                info = check_video(staged, settings.max_pixels, settings.max_video_frames)
+                problem = output_problem(info, opts, settings.max_pixels, settings.max_video_frames)
             except FacefuseError as exc:  # name the role, not the server's staging path
                 raise type(exc)(str(exc).replace(str(staged), "target"), exc.exit_code) from None
+            if problem:
+                raise ApiError(422, "invalid_options", problem)
         else:
             checked_target = check_image(target.file, "target", settings.max_pixels, decode=False)
             kind = checked_target.kind

@@ -367,6 +367,7 @@ def _run_video(
     names: dict[str, str],
 ) -> dict[str, Any]:
     from facefuse.media import video as media
+    from facefuse.service.uploads import output_problem
     from facefuse.stream import FrameSwapper
     from facefuse.video import VideoJob
 
@@ -383,6 +384,9 @@ def _run_video(
             raise InputInvalid(
                 f"target: {info.frame_count} frames; this server takes at most {worker.max_video_frames}"
             )
+        problem = output_problem(info, options, worker.max_pixels, worker.max_video_frames)
+        if problem:  # checked at submit too; a worker with lower limits than the API still holds
+            raise InputInvalid(problem)
         report("analyse", 0, 0)
         source, reference = _identities(job, options, pipe, storage, stack, names)
         if reference is None and options.reference_face_index is not None:

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -132,6 +132,28 @@ def check_video(path: Path, max_pixels: int, max_frames: int) -> object:
     if info.frame_count > max_frames:
         raise InputInvalid(f"target: {info.frame_count} frames; this server takes at most {max_frames:,}")
     return info
+
+
+def output_problem(info: Any, options: Any, max_pixels: int, max_frames: int) -> str | None:
+    """Why the video these job options make is over the limits, or None. `resolution` and `fps`
+    change the frames encoded, so the input passing the limits is not enough."""
+    from facefuse.video import make_timeline, output_geometry
+
+    settings = options.video_settings()
+    timeline = make_timeline(info, settings)
+    geometry = output_geometry(info, settings, timeline)
+    if max_pixels and geometry.width * geometry.height > max_pixels:
+        return (
+            f"resolution {options.resolution}: {geometry.width}x{geometry.height} output frames are "
+            f"more pixels than the limit of {max_pixels:,}"
+        )
+    frames = timeline.output_frames
+    if max_frames and frames > max_frames:
+        return (
+            f"fps {options.fps}: the output would have {frames:,} frames; "
+            f"this server makes at most {max_frames:,}"
+        )
+    return None
 
 
 def file_size(fh: BinaryIO) -> int:
