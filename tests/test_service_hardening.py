@@ -172,3 +172,43 @@ def test_runner_checks_the_output_limits_too():
     assert frames is not None and "output would have" in frames
     assert output_problem(info, doubled, 0, 2 * info.frame_count + 1) is None
     assert output_problem(info, parse_options(None), 40_000_000, info.frame_count) is None
+
+
+class LostLease:
+    lease_ms = 30
+
+    def renew(self, job_id, worker_id):
+        return False
+
+
+class Exited(Exception):
+    pass
+
+
+def test_lost_lease_kills_the_segment_workers_before_exiting(monkeypatch):
+    import multiprocessing
+    import os
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from facefuse.service import celery_worker
+
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+    child.start()
+    codes = []
+
+    def fake_exit(code):
+        codes.append((code, child.is_alive()))
+        raise Exited
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    runner = celery_worker.JobRunner(None, LostLease(), None, None, worker=SimpleNamespace(id="w/1/x"))
+    try:
+        with pytest.raises(Exited):
+            runner._beat("job", threading.Event())
+    finally:
+        if child.is_alive():
+            child.kill()
+    assert codes == [(celery_worker.EXIT_LEASE_LOST, False)]  # the child was dead before the exit
+    assert child.exitcode == -9

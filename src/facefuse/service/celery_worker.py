@@ -140,7 +140,23 @@ class JobRunner:
             if not held and not stop.is_set():
                 # Another worker may already be running the job: stop dead, leave its files alone.
                 log.error("job %s: lease lost by %s; this process exits", job_id, self.worker.id)
+                end_children()
                 os._exit(EXIT_LEASE_LOST)
+
+
+def end_children(timeout_s: float = 5.0) -> None:
+    """Kill this process's multiprocessing children (a video job's segment workers) and reap them.
+    os._exit skips the hook that ends daemonic children, and a segment worker left running would
+    keep writing into the job's work folder while another worker resumes the job there."""
+    import multiprocessing
+
+    children = multiprocessing.active_children()
+    for child in children:
+        with contextlib.suppress(Exception):
+            child.kill()
+    for child in children:
+        with contextlib.suppress(Exception):
+            child.join(timeout_s)
 
 
 def register_task(app: Any, runner: JobRunner) -> Any:
