@@ -212,3 +212,61 @@ def test_lost_lease_kills_the_segment_workers_before_exiting(monkeypatch):
             child.kill()
     assert codes == [(celery_worker.EXIT_LEASE_LOST, False)]  # the child was dead before the exit
     assert child.exitcode == -9
+
+
+class HeldQueue:
+    """A queue that takes job ids and runs nothing (they stay queued), or fails to take them."""
+
+    backend = "local"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.submitted: list[str] = []
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def ready(self) -> bool:
+        return True
+
+    def cancel(self, job_id: str) -> None: ...
+
+    def submit(self, job_id: str) -> None:
+        if self.fail:
+            raise ConnectionError("broker away")
+        self.submitted.append(job_id)
+
+
+def queued_app(tmp_path, queue, **overrides):
+    from facefuse.service.jobs import SQLiteJobStore
+    from facefuse.service.storage import DirectoryStorage
+
+    settings = Settings(data_dir=tmp_path / "data", rate_limit_per_minute=0, **overrides)
+    storage = DirectoryStorage(tmp_path / "files")
+    app = create_app(settings, SQLiteJobStore(tmp_path / "jobs.sqlite3"), storage, queue)
+    return TestClient(app, base_url=LOCAL), app.state.services
+
+
+def test_parallel_submits_cannot_exceed_the_job_quota(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    queue = HeldQueue()
+    client, svc = queued_app(tmp_path, queue, max_active_jobs=2)
+    files = image_files()
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: client.post("/v1/jobs", files=files).status_code, range(8)))
+    assert sorted(codes) == [202, 202] + [429] * 6
+    assert svc.store.count_active("local") == 2 and len(queue.submitted) == 2
+    kept = {p.split("/")[1] for p in files_under(tmp_path / "files")}
+    assert kept == set(queue.submitted)  # the refused ones left no inputs behind
+
+
+def test_a_job_the_queue_refuses_is_failed_not_left_queued(tmp_path):
+    client, svc = queued_app(tmp_path, HeldQueue(fail=True), max_active_jobs=1)
+    for _ in range(2):  # the quota is not used up by jobs that never reached the queue
+        assert_error(client.post("/v1/jobs", files=image_files()), 503, "unavailable")
+    jobs = svc.store.list("local", 10)
+    assert [j.status.value for j in jobs] == ["failed", "failed"] and all(j.expires_at for j in jobs)
+    assert svc.store.count_active("local") == 0
+    assert files_under(tmp_path / "files") == set()

@@ -498,3 +498,22 @@ def test_redis_store_and_leases(cluster: Cluster) -> None:
     store.delete(b.id)
     assert store.get(b.id) is None and [j.id for j in store.list("ann")] == [a.id]
     assert store.count_active("ann") == 0
+
+
+def test_redis_count_active_keeps_a_job_created_while_it_counts(cluster: Cluster) -> None:
+    import redis as redis_lib
+
+    plain = RedisJobStore(cluster.redis.url, prefix="race:")
+    late = Job(id=new_job_id(), owner="cy", kind=JobKind.IMAGE)
+
+    class CreateDuringCount(redis_lib.Redis):
+        def smembers(self, name):  # another API process creates a job right after the set is read
+            members = super().smembers(name)
+            if plain.get(late.id) is None:
+                plain.create(late)
+            return members
+
+    store = RedisJobStore(CreateDuringCount.from_url(cluster.redis.url), prefix="race:")
+    store.create(Job(id=new_job_id(), owner="cy", kind=JobKind.IMAGE))
+    assert store.count_active("cy") in (1, 2)
+    assert plain.count_active("cy") == 2  # the late job still counts against the quota

@@ -99,6 +99,7 @@ HTTP_CODES = {
     415: "unsupported_media_type",
     422: "invalid_request",
     429: "rate_limited",
+    503: "unavailable",
 }
 
 
@@ -558,6 +559,7 @@ ERRORS = {
     415: {"description": "not a supported image/video (sniffed from the bytes)"},
     422: {"description": "bad options, unusable media, or a malformed or incomplete form"},
     429: {"description": "rate limit or job quota exceeded (Retry-After)"},
+    503: {"description": "the job queue cannot be reached (Retry-After)"},
 }
 
 
@@ -606,7 +608,7 @@ def _add_routes(app: FastAPI) -> None:
         "/v1/jobs",
         status_code=202,
         tags=["jobs"],
-        responses={k: ERRORS[k] for k in (401, 413, 415, 422, 429)},
+        responses={k: ERRORS[k] for k in (401, 413, 415, 422, 429, 503)},
     )
     def submit(
         request: Request,
@@ -623,17 +625,33 @@ def _add_routes(app: FastAPI) -> None:
         opts = _options(options, svc.settings)
         if len(source) > MAX_SOURCES:
             raise ApiError(422, "invalid_request", f"at most {MAX_SOURCES} source photos")
-        if svc.settings.max_active_jobs and svc.store.count_active(owner) >= svc.settings.max_active_jobs:
-            raise ApiError(
-                429,
-                "quota_exceeded",
-                f"{svc.settings.max_active_jobs} jobs are queued or running for this key; wait for one",
-                {"Retry-After": "5"},
-            )
+        _check_quota(svc, owner)  # early, before the uploads are read and stored
         job = _accept(svc, owner, opts, source, target, reference)
-        with svc.submit_lock:
+        with svc.submit_lock:  # count and create as one step, so parallel submits cannot all pass
+            try:
+                _check_quota(svc, owner)
+            except ApiError:
+                svc.storage.delete(job_prefix(job.id))
+                raise
             svc.store.create(job)
-        svc.queue.submit(job.id)
+        try:
+            svc.queue.submit(job.id)
+        except Exception:
+            # Never left queued for ever (counting against the quota): failed, inputs gone.
+            log.exception("job %s: could not be queued", job.id)
+            now = time.time()
+            svc.store.update(
+                job.id,
+                expect=[JobStatus.QUEUED],
+                status=JobStatus.FAILED,
+                finished_at=now,
+                expires_at=now + svc.settings.result_ttl_s,
+                error={"code": "internal", "message": "the job could not be queued"},
+            )
+            svc.storage.delete(job_prefix(job.id))
+            raise ApiError(
+                503, "unavailable", "the job queue is not reachable; try again", {"Retry-After": "5"}
+            ) from None
         return job.public(None)
 
     @app.get("/v1/capabilities", tags=["service"], responses=AUTH_ERRORS, response_model=Capabilities)
@@ -723,6 +741,17 @@ def _add_routes(app: FastAPI) -> None:
         """Swap a small image and answer with the labelled result directly."""
         svc = services(request)
         return _swap_now(svc, _options(options, svc.settings), source, target, reference)
+
+
+def _check_quota(svc: Services, owner: str) -> None:
+    limit = svc.settings.max_active_jobs
+    if limit and svc.store.count_active(owner) >= limit:
+        raise ApiError(
+            429,
+            "quota_exceeded",
+            f"{limit} jobs are queued or running for this key; wait for one",
+            {"Retry-After": "5"},
+        )
 
 
 def _options(text: str | None, settings: Settings) -> JobOptions:

@@ -170,8 +170,10 @@ class RedisJobStore:
 
     def count_active(self, owner: str) -> int:
         key = self._active(owner)
-        jobs = {job.id: job for job in self._many(self.redis.smembers(key))}
-        done = [job_id for job_id in self.redis.smembers(key) if _text(job_id) not in jobs]
+        # One read of the set: a job created between two reads would look deleted and be dropped.
+        members = self.redis.smembers(key)
+        jobs = {job.id: job for job in self._many(members)}
+        done = [job_id for job_id in members if _text(job_id) not in jobs]
         done += [job.id for job in jobs.values() if job.status not in ACTIVE]
         if done:
             self.redis.srem(key, *done)
