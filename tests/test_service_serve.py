@@ -162,3 +162,50 @@ def test_serve_cancels_a_running_job_in_a_worker_process(tmp_path, monkeypatch):
         assert httpx.get(f"{server.url}/v1/jobs/{job_id}", timeout=10).json()["status"] == "cancelled"
         # The worker is free again: the next job runs.
         assert _run_job(server.url, image_files())["status"] == "done"
+
+
+def test_serve_port_in_use_is_one_line_before_anything_loads(tmp_path):
+    import socket
+
+    from cli_helpers import assert_one_line_error
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        data = tmp_path / "data"
+        proc = run_cli(tmp_path / "config", "serve", "--port", str(port), "--data-dir", data)
+    assert_one_line_error(proc, ExitCode.SERVICE_START, str(port))
+    assert not (data / "jobs.sqlite3").exists()  # refused before the store, models and workers
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "0"])
+def test_serve_port_out_of_range(tmp_path, port):
+    from cli_helpers import assert_one_line_error
+
+    proc = run_cli(tmp_path / "config", "serve", "--port", port, "--data-dir", tmp_path / "data")
+    assert_one_line_error(proc, ExitCode.SERVICE_CONFIG, "--port")
+
+
+def test_serve_start_up_failure_is_one_line(tmp_path):
+    from cli_helpers import assert_one_line_error
+
+    from facefuse.service.launch import free_port
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tmp").write_text("a file where the upload staging folder should be")
+    proc = run_cli(tmp_path / "config", "serve", "--port", str(free_port()), "--data-dir", data)
+    assert_one_line_error(proc, ExitCode.SERVICE_START, "start-up failed")
+    # A facefuse error at start-up (the signing key folder is a file) keeps its own code, one line.
+    config = tmp_path / "config-file"
+    config.write_text("a file where the signing key folder should be")
+    proc = run_cli(config, "serve", "--port", str(free_port()), "--data-dir", tmp_path / "data2")
+    assert proc.returncode not in (0, 3) and proc.stderr.count("\n") == 1, proc.stderr
+    assert "signing identity" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_help_lists_the_exit_codes(tmp_path):
+    proc = run_cli(tmp_path / "config", "serve", "--help")
+    assert proc.returncode == 0
+    assert "exit codes:" in proc.stdout and "32" in proc.stdout and "port is in use" in proc.stdout

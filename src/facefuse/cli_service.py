@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from pathlib import Path
 
-from facefuse.errors import ExitCode
+from facefuse.errors import ExitCode, FacefuseError, ServiceConfigError, ServiceStartError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from facefuse.cli import exit_codes_text
+
     serve = sub.add_parser(
         "serve",
         help="run the REST API (and its job worker) on this machine",
@@ -25,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "  facefuse serve                                   http://127.0.0.1:8000, no keys needed\n"
             "  facefuse serve --data-dir /srv/ff --create-key alice   print a new key (stored hashed)\n"
             "  facefuse serve --host 0.0.0.0 --data-dir /srv/ff   keys required\n"
+            "\n" + exit_codes_text()
         ),
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -150,9 +154,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return ExitCode.OK
     settings = settings_from_args(args)
     settings.check()
+    if not 1 <= args.port <= 65535:
+        raise ServiceConfigError(f"--port {args.port}: must be 1..65535")
+    # Bound before anything loads: a busy port is said at once, not after the models load.
+    sock = bind(args.host, args.port)
     import uvicorn
 
-    from facefuse.service.app import create_app
+    from facefuse.service.app import create_app, start_services
     from facefuse.service.live_ws import settings_from_args as live_settings
 
     logging.basicConfig(
@@ -164,8 +172,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(settings, *celery_backend(args, settings.data_dir), live=live_settings(args))
     else:
         app = create_app(settings, live=live_settings(args))
+    try:
+        start_services(app)
+    except FacefuseError:
+        raise
+    except Exception as exc:  # a model that will not load, an unwritable signing key folder, ...
+        raise ServiceStartError(f"start-up failed: {exc.__class__.__name__}: {exc}") from None
     print(
         f"facefuse: serving on http://{args.host}:{args.port} (data in {settings.data_dir})", file=sys.stderr
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level=args.log_level.lower(), access_log=False, lifespan="on")
+    )
+    server.run(sockets=[sock])
+    if not server.started:
+        raise ServiceStartError("start-up failed (see the log above)")
     return ExitCode.OK
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket for uvicorn (SERVICE_START when the port is taken or not ours to use)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ServiceConfigError(f"--host {host}: cannot be resolved ({exc.strerror or exc})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ServiceStartError(f"{host}:{port}: cannot listen ({exc.strerror or exc})") from None
+    sock.set_inheritable(True)
+    return sock

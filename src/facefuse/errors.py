@@ -36,6 +36,7 @@ class ExitCode(IntEnum):
     # Service (30-39)
     SERVICE_CONFIG = 30  # `facefuse serve`: unworkable settings (e.g. a non-local host, no API keys)
     SERVICE_DATA_DIR = 31  # `facefuse serve`: the data folder cannot be created or written
+    SERVICE_START = 32  # `facefuse serve`: the port cannot be bound, or start-up (models, keys) failed
     SCALE_CONFIG = 35  # serve/worker scale-out: a bad --broker/--storage, or the scale-out extras missing
     BROKER_UNREACHABLE = 36  # serve/worker: the Redis broker does not answer
     STORAGE_UNREACHABLE = 37  # serve/worker: the shared folder or bucket cannot be used
@@ -73,6 +74,7 @@ EXIT_CODE_HELP = {
     ExitCode.BACKEND_UNAVAILABLE: "--swapper-backend torch needs PyTorch (pip install 'facefuse[gpu]')",
     ExitCode.SERVICE_CONFIG: "serve: the settings cannot work (e.g. a non-local --host without API keys)",
     ExitCode.SERVICE_DATA_DIR: "serve: the data folder cannot be created or written",
+    ExitCode.SERVICE_START: "serve: the port is in use or cannot be bound, or start-up failed",
     ExitCode.SCALE_CONFIG: "serve/worker: bad --broker or --storage, or facefuse[scale] not installed",
     ExitCode.BROKER_UNREACHABLE: "serve/worker: the Redis broker (--broker) does not answer",
     ExitCode.STORAGE_UNREACHABLE: "serve/worker: the --storage folder or bucket cannot be used",
@@ -185,6 +187,10 @@ class ServiceConfigError(FacefuseError):
 
 class ServiceDataDirError(FacefuseError):
     exit_code = ExitCode.SERVICE_DATA_DIR
+
+
+class ServiceStartError(FacefuseError):
+    exit_code = ExitCode.SERVICE_START
 
 
 class ScaleConfigError(FacefuseError):

@@ -316,6 +316,7 @@ class Services:
         self.pipeline_lock = threading.Lock()
         self.signer: Any = None
         self.stop = threading.Event()
+        self.started = False
         self.staging_root = settings.data_dir / "tmp"
 
 
@@ -392,7 +393,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from starlette.concurrency import run_in_threadpool
 
-        await run_in_threadpool(_start, svc)
+        if not svc.started:  # `facefuse serve` starts them before listening (start_services)
+            await run_in_threadpool(_start, svc)
         try:
             yield
         finally:
@@ -453,6 +455,12 @@ def _process_queue(settings: Settings) -> JobQueue:
     return ProcessQueue(SQLiteJobStore(settings.data_dir / "jobs.sqlite3"), spec, workers=settings.workers)
 
 
+def start_services(app: FastAPI) -> None:
+    """Load the models and start the workers now rather than in the server's lifespan, so a
+    failure is an exception here (one line and an exit code) instead of a logged traceback."""
+    _start(app.state.services)
+
+
 def _start(svc: Services) -> None:
     from facefuse.analysis import DetectorSettings
     from facefuse.media.labels import SigningIdentity
@@ -469,6 +477,7 @@ def _start(svc: Services) -> None:
     svc.queue.start()
     svc.stop.clear()
     threading.Thread(target=_expiry_loop, args=(svc,), name="facefuse-expiry", daemon=True).start()
+    svc.started = True
     log.info("facefuse service ready (backend %s)", svc.queue.backend)
 
 
@@ -494,6 +503,7 @@ def _pipeline(svc: Services, options: JobOptions | None = None) -> Any:
 
 
 def _stop(svc: Services) -> None:
+    svc.started = False
     svc.stop.set()
     svc.queue.stop()
     if svc.signer is not None:
