@@ -270,3 +270,18 @@ def test_a_job_the_queue_refuses_is_failed_not_left_queued(tmp_path):
     assert [j.status.value for j in jobs] == ["failed", "failed"] and all(j.expires_at for j in jobs)
     assert svc.store.count_active("local") == 0
     assert files_under(tmp_path / "files") == set()
+
+
+def test_default_cache_and_work_folders_are_private(tmp_path, monkeypatch):
+    import stat
+
+    from facefuse.cli_worker import default_work_dir
+    from facefuse.service.s3 import S3Storage
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("FACEFUSE_S3_CACHE", raising=False)
+    s3 = S3Storage("s3://bucket/pre", client=object())
+    work = default_work_dir(s3)
+    for folder in (s3.cache_dir, work, tmp_path / "cache" / "facefuse"):
+        assert folder.is_dir() and stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+        assert tmp_path in folder.parents

@@ -177,11 +177,11 @@ def _require_scale_packages() -> None:
 
 
 def default_work_dir(storage: Any) -> Path:
-    from facefuse.service.storage import DirectoryStorage
+    from facefuse.service.storage import DirectoryStorage, private_dir
 
     if isinstance(storage, DirectoryStorage):
         return storage.root / "work"  # shared: a redelivered video job resumes on any host
-    return Path(tempfile.gettempdir()) / "facefuse-work"
+    return private_dir("work")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ non-AWS server. An object appears whole or not at all (S3 PUT is atomic), so rea
 a result.
 
 `local_path` downloads to a fixed place under the cache folder (`$FACEFUSE_S3_CACHE`, default
-`$TMPDIR/facefuse-s3-cache`) with the object's Last-Modified time as its mtime, and removes it
+`~/.cache/facefuse/s3-cache`, private to the user) with the object's Last-Modified time as its
+mtime, and removes it
 afterwards. The same object then always looks like the same file: a video job taken over by another
 process (or host, with the same cache path) passes the resume check, which fingerprints the input's
 path, size, mtime and content.
@@ -16,13 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
-from facefuse.service.storage import check_key
+from facefuse.service.storage import check_key, private_dir
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -42,11 +42,7 @@ class S3Storage:
     ) -> None:
         self.url = url
         self.bucket, self.prefix = parse_s3_url(url)
-        cache = (
-            cache_dir
-            or os.environ.get("FACEFUSE_S3_CACHE")
-            or Path(tempfile.gettempdir()) / "facefuse-s3-cache"
-        )
+        cache = cache_dir or os.environ.get("FACEFUSE_S3_CACHE") or private_dir("s3-cache")
         self.cache_dir = Path(cache)
         if client is None:
             import boto3
