@@ -285,3 +285,14 @@ def test_default_cache_and_work_folders_are_private(tmp_path, monkeypatch):
     for folder in (s3.cache_dir, work, tmp_path / "cache" / "facefuse"):
         assert folder.is_dir() and stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
         assert tmp_path in folder.parents
+
+
+def test_serve_and_worker_share_the_ttl_unit_and_log_level_flag():
+    from facefuse.cli import build_parser
+
+    parser = build_parser()
+    worker = parser.parse_args(["worker", "--broker", "redis://x", "--storage", "/tmp/x"])
+    assert worker.result_ttl == parser.parse_args(["serve"]).result_ttl == 24.0  # hours, both
+    for argv in (["worker", "--broker", "redis://x", "--storage", "/tmp/x"], ["serve"]):
+        for flag, value in (("--log-level", "debug"), ("--loglevel", "DEBUG")):
+            assert parser.parse_args([*argv, flag, value]).log_level == "debug"

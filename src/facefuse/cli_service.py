@@ -99,7 +99,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip size and SHA-256 checks of model files (they must still load as ONNX)",
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level",
+        "--loglevel",
+        dest="log_level",
+        type=str.lower,
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+    )
     serve.add_argument(
         "--backend",
         choices=["local", "celery"],

@@ -41,10 +41,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--work-dir",
         metavar="DIR",
         help="where video segments are kept while a job runs (default: DIR/work for a --storage folder, "
-        "so a job resumes on any host; a local temporary folder for a bucket)",
+        "so a job resumes on any host; ~/.cache/facefuse/work, private, for a bucket)",
     )
     worker.add_argument(
-        "--result-ttl", type=float, default=24 * 3600.0, metavar="S", help="keep results S seconds (24 h)"
+        "--result-ttl",
+        type=float,
+        default=24.0,
+        metavar="HOURS",
+        help="results are deleted after this (default 24; hours, as for serve)",
     )
     worker.add_argument(
         "--max-pixels", type=int, default=40_000_000, metavar="N", help="largest image or frame (40 MP)"
@@ -63,7 +67,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="frames per video segment, the work a taken-over job keeps (default: automatic; use the "
         "same value on every worker)",
     )
-    worker.add_argument("--loglevel", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    worker.add_argument(
+        "--log-level",
+        "--loglevel",  # Celery's spelling, kept working
+        dest="log_level",
+        type=str.lower,
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+    )
     worker.set_defaults(func=cmd_worker)
     return worker
 
@@ -186,10 +197,10 @@ def default_work_dir(storage: Any) -> Path:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     numbers = (args.concurrency, args.video_workers, args.max_pixels, args.max_video_frames)
-    if min(numbers) < 1 or args.segment_frames < 0:
+    if min(numbers) < 1 or args.segment_frames < 0 or not args.result_ttl > 0:
         raise ScaleConfigError(
             "--concurrency, --video-workers, --max-pixels, --max-video-frames must be >= 1; "
-            "--segment-frames >= 0"
+            "--segment-frames >= 0; --result-ttl > 0"
         )
     _require_scale_packages()
     from facefuse.service.celery_queue import check_broker
@@ -198,22 +209,26 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from facefuse.service.runner import Worker
 
     logging.basicConfig(
-        level=args.loglevel, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     settings = celery_settings(args)
     check_broker(settings.broker)
     storage = open_storage(args.storage)
-    work_root = Path(args.work_dir) if args.work_dir else default_work_dir(storage)
+    work_root = Path(args.work_dir) if args.work_dir else None
     try:
+        work_root = work_root or default_work_dir(storage)
         work_root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StorageUnreachable(f"--work-dir {work_root}: cannot create ({exc.strerror or exc})") from None
+        where = f"--work-dir {work_root}" if work_root else "the default work folder"
+        raise StorageUnreachable(f"{where}: cannot create ({exc.strerror or exc})") from None
 
     def load_worker(worker_id: str) -> Worker:
         return Worker.load(
             work_root,
             worker_id=worker_id,
-            result_ttl_s=args.result_ttl,
+            result_ttl_s=args.result_ttl * 3600.0,
             max_pixels=args.max_pixels,
             max_video_frames=args.max_video_frames,
             video_workers=args.video_workers,
@@ -228,6 +243,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         node=f"{args.name}@{socket.gethostname()}",
     )
     code = start_worker(
-        settings, runner, concurrency=args.concurrency, name=args.name, loglevel=args.loglevel
+        settings, runner, concurrency=args.concurrency, name=args.name, loglevel=args.log_level.upper()
     )
     return ExitCode.OK if code == 0 else code
