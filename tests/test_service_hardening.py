@@ -296,3 +296,43 @@ def test_serve_and_worker_share_the_ttl_unit_and_log_level_flag():
     for argv in (["worker", "--broker", "redis://x", "--storage", "/tmp/x"], ["serve"]):
         for flag, value in (("--log-level", "debug"), ("--loglevel", "DEBUG")):
             assert parser.parse_args([*argv, flag, value]).log_level == "debug"
+
+
+def test_put_file_across_file_systems_leaves_no_part_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from facefuse.service import storage as storage_mod
+
+    storage = storage_mod.DirectoryStorage(tmp_path / "files")
+    src = tmp_path / "staged.mp4"
+    src.write_bytes(b"x" * 4096)
+
+    def cross_device(a, b):
+        if str(a) == str(src):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_replace(a, b)
+
+    real_replace = os.replace
+    monkeypatch.setattr(storage_mod.os, "replace", cross_device)
+    storage.put_file("jobs/a/in/target.mp4", src)
+    assert storage.get("jobs/a/in/target.mp4") == b"x" * 4096 and not src.exists()
+
+    def full_disk(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    src.write_bytes(b"y" * 4096)
+    monkeypatch.setattr(storage_mod.shutil, "copyfileobj", full_disk)
+    with pytest.raises(OSError):
+        storage.put_file("jobs/b/in/target.mp4", src)
+    assert files_under(tmp_path / "files") == {"jobs/a/in/target.mp4"}  # no .part left behind
+
+
+def test_api_key_file_written_through_a_unique_temp_file(tmp_path):
+    from facefuse.service.settings import KEYS_FILE, add_key, hash_key, load_keys
+
+    (tmp_path / f".{KEYS_FILE}.tmp").mkdir()  # the old fixed temp name, taken
+    key = add_key(tmp_path, "alice")
+    assert load_keys(tmp_path) == {hash_key(key): "alice"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{KEYS_FILE}.tmp", KEYS_FILE]
+    assert (tmp_path / KEYS_FILE).stat().st_mode & 0o777 == 0o600

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -126,9 +127,17 @@ def add_key(data_dir: Path, name: str) -> str:
         raise ServiceConfigError(f"a key named {name!r} exists already in {path}")
     key = new_key()
     keys.append({"name": name, "sha256": hash_key(key)})
-    tmp = path.with_name(f".{KEYS_FILE}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"keys": keys}, fh, indent=1)
-    os.replace(tmp, path)
+    # A unique temp name (mkstemp: mode 0600, O_EXCL), so two --create-key runs cannot write into
+    # one file, and a crash leaves the old key file whole.
+    fd, tmp = tempfile.mkstemp(prefix=f".{KEYS_FILE}.", suffix=".tmp", dir=data_dir)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"keys": keys}, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return key

@@ -89,6 +89,8 @@ class DirectoryStorage:
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())  # a crash after the rename must not leave an empty file
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -100,10 +102,18 @@ class DirectoryStorage:
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(path, dest)  # same file system: one atomic rename
-        except OSError:
-            tmp = dest.with_name(f".{dest.name}.part")
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, dest)
+        except OSError:  # another file system: copy to a unique temp file beside it, then rename
+            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=dest.parent)
+            try:
+                with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                    shutil.copyfileobj(src, out, 1024 * 1024)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, dest)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
             os.unlink(path)
 
     def get(self, key: str) -> bytes:
