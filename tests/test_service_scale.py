@@ -517,3 +517,20 @@ def test_redis_count_active_keeps_a_job_created_while_it_counts(cluster: Cluster
     store.create(Job(id=new_job_id(), owner="cy", kind=JobKind.IMAGE))
     assert store.count_active("cy") in (1, 2)
     assert plain.count_active("cy") == 2  # the late job still counts against the quota
+
+
+def test_health_reuses_one_broker_connection(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis as redis_lib
+
+    queue = CeleryQueue(CelerySettings(broker=cluster.redis.url))
+    made = []
+    real = redis_lib.Redis.from_url
+    monkeypatch.setattr(redis_lib.Redis, "from_url", lambda *a, **k: made.append(a) or real(*a, **k))
+    try:
+        assert all(queue.ready() for _ in range(20))
+        assert len(made) == 1
+    finally:
+        queue.stop()
+    down = CeleryQueue(CelerySettings(broker="redis://127.0.0.1:1/0"))
+    assert not down.ready() and not down.ready()
+    down.stop()

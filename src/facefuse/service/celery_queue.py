@@ -19,12 +19,16 @@ class CeleryQueue:
     def __init__(self, settings: CelerySettings, app: Any = None) -> None:
         self.settings = settings
         self.app = app or make_celery(settings)
+        self._health: Any = None  # one pooled client for ready(), not a connection per /v1/health
 
     def start(self) -> None:
         check_broker(self.settings.broker)
 
     def stop(self) -> None:
         self.app.close()
+        if self._health is not None:
+            self._health.close()
+            self._health = None
 
     def submit(self, job_id: str) -> None:
         self.app.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=self.settings.queue)
@@ -39,11 +43,16 @@ class CeleryQueue:
             log.warning("job %s: revoke not sent (%s)", job_id, exc)
 
     def ready(self) -> bool:
+        import redis
+
         try:
-            check_broker(self.settings.broker)
-        except BrokerUnreachable:
+            if self._health is None:
+                self._health = redis.Redis.from_url(
+                    self.settings.broker, socket_connect_timeout=2, socket_timeout=2
+                )
+            return bool(self._health.ping())
+        except (redis.RedisError, ValueError):
             return False
-        return True
 
 
 def check_broker(url: str) -> None:
@@ -52,8 +61,10 @@ def check_broker(url: str) -> None:
 
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
-        client.ping()
-        client.close()
+        try:
+            client.ping()
+        finally:  # closed when the ping fails too
+            client.close()
     except ValueError as exc:
         raise BrokerUnreachable(f"--broker {url}: not a Redis URL ({exc})") from None
     except redis.RedisError as exc:
