@@ -55,7 +55,6 @@ class JobOptions(BaseModel):
     reference_face_index: int | None = Field(
         None, ge=0, le=10_000, description="a target face (index from /v1/faces) to use as the reference"
     )
-    min_face: int = Field(40, ge=8, le=4096)
     jpeg_quality: int = Field(95, ge=1, le=100)
     output_format: Literal["png", "jpg", "webp", "mp4"] | None = None
     encoder: Literal["h264", "h265", "vp9", "av1"] = "h264"
