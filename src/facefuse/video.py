@@ -51,6 +51,7 @@ from facefuse.errors import (
     ResumeMismatch,
 )
 from facefuse.forking import start_forked
+from facefuse.fsutil import fsync_dir
 from facefuse.media import video as media
 from facefuse.media.image import _current_umask
 from facefuse.pipeline import Timings
@@ -374,7 +375,7 @@ class WorkFolder:
         with open(encoded, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(encoded, self.segment(index))
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def remove(self) -> None:
         self._unlock()
@@ -403,15 +404,6 @@ def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def file_fingerprint(path: Path) -> dict[str, Any]:
@@ -578,22 +570,14 @@ class SegmentRunner:
         if window > 1:
             self._process_batched(window, decoded, to_encode, stop, stats, timings, progress)
             return
-        rotation = self.timeline.info.rotation
         while not stop.is_set():
             item = _get(decoded, stop)
             if item is _END or item is None:
                 return
-            stats.frames_decoded += 1
-            payload: av.VideoFrame | np.ndarray = item.frame
+            result = None
             if self._processor is not None and item.rgb is not None:
                 result = self._processor.process(item.rgb, item.time, timings)
-                stats.faces_found += result.faces_found
-                stats.faces_swapped += result.faces_swapped
-                stats.frames_with_faces += int(result.faces_found > 0)
-                if result.image is not item.rgb:
-                    payload = media.coded(result.image, rotation)
-            stats.frames_out += len(item.out_pts)
-            if not _put(to_encode, (payload, item.out_pts), stop):
+            if not self._emit(item, result, to_encode, stop, stats):
                 return
             progress(1)
 
@@ -636,19 +620,21 @@ class SegmentRunner:
     def _emit(
         self,
         item: _Decoded,
-        result: Any,
+        result: Any | None,
         to_encode: queue.Queue[Any],
         stop: threading.Event,
         stats: SegmentStats,
     ) -> bool:
-        """The one-frame loop's bookkeeping for one frame of a batch; False if the pipeline is stopping."""
+        """Count one frame and queue it for the encoder (as decoded when `result` is None or changed
+        nothing); False if the pipeline is stopping."""
         stats.frames_decoded += 1
         payload: av.VideoFrame | np.ndarray = item.frame
-        stats.faces_found += result.faces_found
-        stats.faces_swapped += result.faces_swapped
-        stats.frames_with_faces += int(result.faces_found > 0)
-        if result.image is not item.rgb:
-            payload = media.coded(result.image, self.timeline.info.rotation)
+        if result is not None:
+            stats.faces_found += result.faces_found
+            stats.faces_swapped += result.faces_swapped
+            stats.frames_with_faces += int(result.faces_found > 0)
+            if result.image is not item.rgb:
+                payload = media.coded(result.image, self.timeline.info.rotation)
         stats.frames_out += len(item.out_pts)
         return _put(to_encode, (payload, item.out_pts), stop)
 
@@ -962,7 +948,7 @@ class VideoJob:
             os.replace(signed, self.output)
         except OSError as exc:
             raise OutputWriteFailed(f"{self.output}: cannot write ({exc.strerror or exc})") from exc
-        _fsync_dir(self.output.parent)
+        fsync_dir(self.output.parent)
         return mux, 1000 * (time.perf_counter() - t0)
 
     def _audio_plan(self, timeline: Timeline) -> media.AudioPlan | None:

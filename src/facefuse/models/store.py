@@ -18,7 +18,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -34,6 +33,7 @@ from facefuse.errors import (
     ModelHashMismatch,
     ModelMissing,
 )
+from facefuse.fsutil import atomic_file, fsync_dir
 from facefuse.models.registry import ModelSpec, Registry
 
 LOCK_NAME = "facefuse-models.lock.json"
@@ -355,7 +355,7 @@ class ModelStore:
                 f"not {spec.sha256[:16]}...; removed it (nothing was installed)"
             )
         os.replace(part, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         if spec.sha256 is None:
             self._record(spec, digest, size)
         stat = dest.stat()
@@ -399,26 +399,5 @@ class _Interrupted(Exception):
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_file(path, "w") as fh:
+        fh.write(text)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from facefuse.analysis.select import Order, order_faces
-from facefuse.errors import FacefuseError, InputInvalid, TooManyPixels
+from facefuse.errors import FacefuseError, InputInvalid
 from facefuse.pipeline import Pipeline, Timings, check_result
 from facefuse.service.jobs import Job, JobKind, JobStatus, JobStore
 from facefuse.service.options import JobOptions
@@ -366,8 +366,7 @@ def _run_video(
     check: Callable[[], None],
     names: dict[str, str],
 ) -> dict[str, Any]:
-    from facefuse.media import video as media
-    from facefuse.service.uploads import output_problem
+    from facefuse.service.uploads import check_video, output_problem
     from facefuse.stream import FrameSwapper
     from facefuse.video import VideoJob
 
@@ -375,15 +374,7 @@ def _run_video(
     report("probe", 0, 0)
     with contextlib.ExitStack() as stack:
         (target_path,) = _paths(stack, storage, [job.inputs["target"]], "target", names)
-        info = media.probe(target_path)
-        if info.width * info.height > worker.max_pixels:
-            raise TooManyPixels(
-                f"target: {info.width}x{info.height} frames are more pixels than this server takes"
-            )
-        if info.frame_count > worker.max_video_frames:
-            raise InputInvalid(
-                f"target: {info.frame_count} frames; this server takes at most {worker.max_video_frames}"
-            )
+        info = check_video(target_path, worker.max_pixels, worker.max_video_frames)
         problem = output_problem(info, options, worker.max_pixels, worker.max_video_frames)
         if problem:  # checked at submit too; a worker with lower limits than the API still holds
             raise InputInvalid(problem)

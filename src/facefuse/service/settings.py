@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import ipaddress
 import json
-import os
 import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from facefuse.errors import ServiceConfigError, ServiceDataDirError
+from facefuse.fsutil import atomic_file
 
 KEYS_FILE = "api-keys.json"
 ANONYMOUS = "local"  # the owner of every job when no keys are required (a localhost-only server)
@@ -129,15 +128,6 @@ def add_key(data_dir: Path, name: str) -> str:
     keys.append({"name": name, "sha256": hash_key(key)})
     # A unique temp name (mkstemp: mode 0600, O_EXCL), so two --create-key runs cannot write into
     # one file, and a crash leaves the old key file whole.
-    fd, tmp = tempfile.mkstemp(prefix=f".{KEYS_FILE}.", suffix=".tmp", dir=data_dir)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"keys": keys}, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "w") as fh:
+        json.dump({"keys": keys}, fh, indent=1)
     return key

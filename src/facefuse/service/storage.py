@@ -11,10 +11,11 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
+
+from facefuse.fsutil import atomic_file
 
 KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
 
@@ -85,17 +86,8 @@ class DirectoryStorage:
     def put(self, key: str, data: bytes) -> None:
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())  # a crash after the rename must not leave an empty file
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_file(dest) as fh:
+            fh.write(data)
 
     def put_file(self, key: str, path: Path) -> None:
         dest = self.path(key)
@@ -103,17 +95,8 @@ class DirectoryStorage:
         try:
             os.replace(path, dest)  # same file system: one atomic rename
         except OSError:  # another file system: copy to a unique temp file beside it, then rename
-            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=dest.parent)
-            try:
-                with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                    shutil.copyfileobj(src, out, 1024 * 1024)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, dest)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            with atomic_file(dest) as out, open(path, "rb") as src:
+                shutil.copyfileobj(src, out, 1024 * 1024)
             os.unlink(path)
 
     def get(self, key: str) -> bytes:

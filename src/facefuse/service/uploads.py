@@ -6,11 +6,8 @@ first bytes, the stored name from the server (`jobs/<id>/in/target.<sniffed ext>
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -109,16 +106,6 @@ def sniff_file(fh: BinaryIO) -> str | None:
     return sniff(head)
 
 
-@contextlib.contextmanager
-def rewound(fh: BinaryIO) -> Iterator[BinaryIO]:
-    fh.seek(0)
-    try:
-        yield fh
-    finally:
-        with contextlib.suppress(OSError, ValueError):
-            fh.seek(0)
-
-
 def check_video(path: Path, max_pixels: int, max_frames: int) -> object:
     """Probe a staged video: a readable container with frames (the scan finds truncation)."""
     from facefuse.errors import TooManyPixels
@@ -154,11 +141,3 @@ def output_problem(info: Any, options: Any, max_pixels: int, max_frames: int) ->
             f"this server makes at most {max_frames:,}"
         )
     return None
-
-
-def file_size(fh: BinaryIO) -> int:
-    pos = fh.tell()
-    fh.seek(0, os.SEEK_END)
-    size = fh.tell()
-    fh.seek(pos)
-    return size
