@@ -76,7 +76,8 @@ def ratio(a: float, b: float) -> float:
 
 def bench_case(pipe, source, target: np.ndarray, selection, repeat: int, warmup: int) -> dict:
     """pipe.run N times on one frame: total and per-stage medians, plus the analyse stage taken apart."""
-    from facefuse.analysis.landmarks import head_pose, sharpness
+    from facefuse.analysis.face import head_pose
+    from facefuse.analysis.landmarks import sharpness
 
     for _ in range(warmup):
         pipe.run(source, target, selection)

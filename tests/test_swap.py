@@ -1,5 +1,7 @@
 """The built-in mesh swapper, judged on real photos with the same dlib models the judge uses."""
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -137,3 +139,19 @@ def test_a_face_turned_away_hides_its_far_side_instead_of_tearing(pipe, images):
     changed = (out != target).any(axis=2)
     assert changed.any()
     assert not changed[:, int(nose_x + 0.15 * tface.eye_distance) :].any()
+
+
+def test_a_big_source_shrunk_through_its_halvings_swaps_like_a_direct_shrink(pipe, images):
+    # A 1080p source on a small target: the shrink starts from a prepared halving, not the full crop.
+    src, tgt = images("images/obama-1080p.jpg"), images("images/obama_small.jpg")
+    sface = pipe.analyser.analyse(src, largest_only=True)[0]
+    tface = pipe.analyser.analyse(tgt, largest_only=True)[0]
+    prepared = pipe.swapper.prepare(src, sface)
+    assert tface.eye_distance / sface.eye_distance < 0.5 and len(prepared.pyramid) > 2
+    halved = pipe.swapper.swap(tgt, tface, prepared)
+    direct = pipe.swapper.swap(tgt, tface, dataclasses.replace(prepared, pyramid=()))
+    changed = np.any(direct != tgt, axis=2)
+    diff = (halved.astype(np.float32) - direct.astype(np.float32))[changed]
+    assert changed.sum() > 500
+    psnr = 10 * np.log10(255**2 / max(float(np.mean(diff**2)), 1e-6))
+    assert psnr > 35, "the same picture, only filtered in two steps (a misplaced mesh would be far off)"

@@ -178,3 +178,48 @@ def test_tracker_is_deterministic_after_reset(pipe, clip):
     second = points()
     assert len(first) == len(second) == len(run)
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+# --- what the tracker skips, and what it never skips --------------------------------------------------
+
+
+def _count_runs(monkeypatch, detector) -> list[tuple[tuple[int, ...], float]]:
+    """Record the shape of every image the detector is run on, and the scale it is run at."""
+    runs: list[tuple[tuple[int, ...], float]] = []
+    run = detector.run
+
+    def counted(image, scale, threshold=None):
+        runs.append((image.shape, scale))
+        return run(image, scale, threshold)
+
+    monkeypatch.setattr(detector, "run", counted)
+    return runs
+
+
+def test_largest_only_needs_no_fine_pass_once_a_face_is_found(pipe, clip, monkeypatch):
+    frame, t = clip[SHOT.start]
+    regular, fine = TrackerSettings().scales(frame.shape)
+    assert fine > regular
+    for largest_only, fine_runs in ((False, 1), (True, 0)):
+        runs = _count_runs(monkeypatch, pipe.analyser.detector)
+        tracker = FaceTracker(pipe.analyser, TrackerSettings(largest_only=largest_only))
+        assert tracker.update(frame, t), "the singer is found on the first frame either way"
+        assert sum(scale == fine for _, scale in runs) == fine_runs
+        monkeypatch.undo()
+
+
+def test_an_unchanged_face_skips_checks_but_a_vanished_one_is_hidden_at_once(pipe, images, monkeypatch):
+    still = images("images/obama.jpg")
+    face = pipe.analyser.analyse(still, largest_only=True)[0]
+    hidden = still.copy()
+    x0, y0, x1, y1 = face.box.astype(int)
+    hidden[max(y0, 0) : y1, max(x0, 0) : x1] = 128  # the face is gone: a flat grey patch in its place
+    settings = TrackerSettings(detect_every=1000, fine_every=1000)
+    tracker = FaceTracker(pipe.analyser, settings)
+    tracker.update(still, 0.0)  # birth, by full detection
+    runs = _count_runs(monkeypatch, pipe.analyser.detector)
+    visible = [bool(tracker.update(still, i / FPS)) for i in range(1, 10)]
+    checks = len(runs)
+    assert all(visible)
+    assert 9 / (settings.same_skips + 1) <= checks < 9, "checks skipped, never more than same_skips in a row"
+    assert not tracker.update(hidden, 10 / FPS), "the crop changed: the check runs and fails on this frame"

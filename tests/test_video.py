@@ -474,3 +474,38 @@ def test_sigterm_inside_the_block_is_an_interrupt_and_the_handler_is_restored() 
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler runs at the next bytecode; never reached
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize(("color_range", "space"), [(1, 1), (2, 5), (0, 2)])
+def test_a_swapped_frame_is_patched_into_the_decoded_picture(color_range: int, space: int) -> None:
+    """Only the changed box is converted back to YUV (in the stream's matrix and range); every other
+    sample stays exactly as decoded, and the box agrees with FFmpeg's own conversion."""
+    from facefuse.media import video as media
+
+    tags = media.ColorTags(range=color_range, space=space)
+    rng = np.random.default_rng(1)
+    rgb = cv2_blur(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    decoded = media.rgb_to_frame(rgb, tags)
+    before = media.frame_to_rgb(decoded)
+    after = before.copy()
+    after[31:70, 45:101] = 255 - after[31:70, 45:101]
+    box = media.changed_box(before, after)
+    assert box == (45, 31, 101, 70)
+    patched = media.patch_yuv420(decoded, after, box, tags).to_ndarray()
+    original = decoded.to_ndarray()
+    h = decoded.height
+    inside = np.zeros_like(original, bool)
+    inside[30:70, 44:102] = True  # the box grown to whole 2x2 chroma blocks
+    chroma = inside[h:].reshape(2, h // 2, -1)
+    chroma[:, 15:35, 22:51] = True
+    assert np.array_equal(patched[~inside], original[~inside])
+    ffmpeg = media.rgb_to_frame(after, tags).to_ndarray()
+    assert np.abs(patched[inside].astype(int) - ffmpeg[inside]).mean() < 0.5
+    assert media.changed_box(before, before.copy()) is None
+
+
+def cv2_blur(image: np.ndarray) -> np.ndarray:
+    """Noise smoothed to something like a picture: chroma subsampling then costs little."""
+    import cv2
+
+    return cv2.GaussianBlur(image, (0, 0), 3)

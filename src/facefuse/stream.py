@@ -66,6 +66,8 @@ class FrameSwapper:
         settings = tracker or TrackerSettings()
         if self.needs_identity and not settings.descriptors:
             settings = replace(settings, descriptors=True)
+        if not (self.selection.needs_all_faces or self.people) and not settings.largest_only:
+            settings = replace(settings, largest_only=True)
         self.tracker = FaceTracker(pipeline.analyser, settings)
         self.reset()
 

@@ -434,6 +434,15 @@ class _Decoded:
     time: float
 
 
+@dataclass
+class _Patch:
+    """A swapped frame to encode as its decoded self with only the changed pixels replaced."""
+
+    decoded: av.VideoFrame
+    before: np.ndarray  # the RGB the processor was given
+    after: np.ndarray  # what it returned
+
+
 _END = object()
 
 
@@ -456,6 +465,15 @@ class SegmentRunner:
         self._processor: FrameProcessor | None = None
         self._reader: media.FrameReader | None = None
         self._index_of = {p: i for i, p in enumerate(timeline.info.pts)}
+        info = timeline.info
+        # Swapped frames can be patched into the decoded YUV when nothing else about them changes.
+        self._patchable = (
+            info.rotation == 0
+            and (geometry.width, geometry.height) == (info.width, info.height)
+            and geometry.pix_fmt == "yuv420p"
+            and info.width % 2 == 0
+            and info.height % 2 == 0
+        )
 
     def close(self) -> None:
         if self._reader is not None:
@@ -628,13 +646,16 @@ class SegmentRunner:
         """Count one frame and queue it for the encoder (as decoded when `result` is None or changed
         nothing); False if the pipeline is stopping."""
         stats.frames_decoded += 1
-        payload: av.VideoFrame | np.ndarray = item.frame
+        payload: av.VideoFrame | np.ndarray | _Patch = item.frame
         if result is not None:
             stats.faces_found += result.faces_found
             stats.faces_swapped += result.faces_swapped
             stats.frames_with_faces += int(result.faces_found > 0)
             if result.image is not item.rgb:
-                payload = media.coded(result.image, self.timeline.info.rotation)
+                if self._patchable and item.frame.format.name == "yuv420p" and item.rgb is not None:
+                    payload = _Patch(item.frame, item.rgb, result.image)
+                else:
+                    payload = media.coded(result.image, self.timeline.info.rotation)
         stats.frames_out += len(item.out_pts)
         return _put(to_encode, (payload, item.out_pts), stop)
 
@@ -650,8 +671,16 @@ class SegmentRunner:
                 return
             payload, out_pts = item
             with timings.stage("encode"):
-                # Frames without a swap go to the encoder as decoded (no RGB round trip).
-                if isinstance(payload, av.VideoFrame):
+                # Frames without a swap go to the encoder as decoded (no RGB round trip), and swapped
+                # ones, where they can, as decoded with only the changed pixels converted.
+                if isinstance(payload, _Patch):
+                    box = media.changed_box(payload.before, payload.after)
+                    frame = (
+                        payload.decoded
+                        if box is None
+                        else media.patch_yuv420(payload.decoded, payload.after, box, geometry.color)
+                    )
+                elif isinstance(payload, av.VideoFrame):
                     frame = (
                         payload if size is None else payload.reformat(width=size.width, height=size.height)
                     )

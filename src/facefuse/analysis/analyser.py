@@ -15,7 +15,6 @@ from facefuse.analysis.landmarks import (
     Landmarker,
     ShapePredictor68,
     detector_box_from_five,
-    head_pose,
     sharpness,
 )
 from facefuse.analysis.recognise import DlibRecogniser, Recogniser
@@ -89,7 +88,7 @@ class FaceAnalyser:
             score=detection.score,
             landmarks_68=points,
             landmarks_5=np.asarray(five, np.float32),
-            pose=head_pose(points, image.shape),
+            image_size=image.shape[:2],
             sharpness=sharpness(image, points),
         )
 

@@ -9,7 +9,6 @@ import cv2
 import dlib
 import numpy as np
 
-from facefuse.analysis.face import Pose
 from facefuse.geometry import ARCFACE_112, TEMPLATE_68, five_from_68, similarity, transform_points
 
 # Where dlib's HOG detector puts its box relative to the 68 points, in template units (eye
@@ -59,35 +58,6 @@ class ShapePredictor68:
         x0, y0, x1, y1 = (int(round(float(v))) for v in box)
         shape = self._predictor(image, dlib.rectangle(x0, y0, x1, y1))
         return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
-
-
-# A generic head (mm) for the six points solvePnP needs, with y down and z away from the camera so a
-# frontal face comes out with zero angles: nose tip, chin, outer eye corners, mouth corners.
-_HEAD_3D = np.array(
-    [(0, 0, 0), (0, 330, 65), (-225, -170, 135), (225, -170, 135), (-150, 150, 125), (150, 150, 125)],
-    np.float64,
-)
-_HEAD_IDX = [30, 8, 36, 45, 48, 54]
-
-
-def head_pose(points: np.ndarray, image_shape: tuple[int, ...]) -> Pose:
-    """Yaw, pitch and roll (degrees) from a perspective fit of a generic head to six landmarks."""
-    h, w = image_shape[:2]
-    focal = float(max(h, w))
-    camera = np.array([[focal, 0, w / 2], [0, focal, h / 2], [0, 0, 1]], np.float64)
-    image_pts = np.asarray(points, np.float64)[_HEAD_IDX]
-    ok, rvec, _ = cv2.solvePnP(_HEAD_3D, image_pts, camera, None, flags=cv2.SOLVEPNP_ITERATIVE)
-    if not ok:
-        return Pose(0.0, 0.0, _roll(points))
-    rot, _ = cv2.Rodrigues(rvec)
-    angles = cv2.RQDecomp3x3(rot)[0]
-    pitch, yaw = (float((a + 180) % 360 - 180) for a in angles[:2])
-    return Pose(yaw=float(np.clip(yaw, -90, 90)), pitch=float(np.clip(pitch, -90, 90)), roll=_roll(points))
-
-
-def _roll(points: np.ndarray) -> float:
-    d = np.asarray(points)[45] - np.asarray(points)[36]
-    return float(np.degrees(np.arctan2(d[1], d[0])))
 
 
 def sharpness(image: np.ndarray, points: np.ndarray) -> float:

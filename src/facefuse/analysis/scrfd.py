@@ -75,6 +75,8 @@ class FittedDetector:
     """`detect` for learned detectors that always fit the whole image to their input: one pass, so
     there is no coarse-first shortcut for the largest face; `run` is the subclass's."""
 
+    takes_grey = False
+
     def run(self, image: np.ndarray, scale: float = 1.0, threshold: float | None = None) -> list[Detection]:
         raise NotImplementedError
 

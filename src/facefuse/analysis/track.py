@@ -4,10 +4,11 @@ Per frame, for every live track:
 - the shape predictor (~1 ms) runs inside a box placed from the track's previous landmarks, so the
   expensive detector is not needed to follow a face;
 - a cheap check confirms a face is still there: dlib's HOG detector on a small crop aligned to the
-  predicted face (upright, the face at a fixed size, ~1.5 ms). A track whose checks keep failing is
-  dropped, and while a check fails the track is not reported, so nothing is swapped onto background;
+  predicted face (upright, the face at a fixed size, ~1 ms), skipped for a frame or two while that
+  crop looks as it did when last confirmed. A track whose checks keep failing is dropped, and while
+  a check fails the track is not reported, so nothing is swapped onto background;
 - the 68 points go through a One Euro filter (still faces stay still, fast motion is followed) and
-  the pose is recomputed from the smoothed points.
+  the pose follows from the smoothed points (fitted only when something asks for it).
 
 A full detection on a downscaled frame runs every `detect_every` frames, on every frame while no
 track is alive, at every scene cut and whenever a track is missing; it starts tracks for new faces.
@@ -29,7 +30,7 @@ import numpy as np
 from facefuse.analysis.analyser import FaceAnalyser
 from facefuse.analysis.detect import HOG_WINDOW, Detection
 from facefuse.analysis.face import Face
-from facefuse.analysis.landmarks import DETECTOR_BOX_CENTRE, DETECTOR_BOX_SIZE, detector_box, head_pose
+from facefuse.analysis.landmarks import DETECTOR_BOX_CENTRE, DETECTOR_BOX_SIZE, detector_box
 from facefuse.geometry import TEMPLATE_68, five_from_68, invert, similarity, transform_points
 
 
@@ -85,6 +86,13 @@ class TrackerSettings:
     detect_long_side: int = 640  # full detection on a copy this long (never upsampled): faces >= 80/scale
     min_face: int = 40  # px: the fine pass reaches faces this small; smaller ones start no track
     fine_every: int = 90  # frames between fine passes (also at the first frame and at every cut)
+    # Only the largest face is wanted, and once chosen it is followed (selection `one`, largest
+    # first): where a fine pass is due, the regular pass runs first, and if it finds a face the fine
+    # one is not needed (every face it could add is smaller than one already found). And while
+    # tracks are confirmed a newcomer could not be chosen, so full detections there only check for
+    # drift: every `drift_every` frames instead of `detect_every`.
+    largest_only: bool = False
+    drift_every: int = 30
     max_long_side: int = 2000  # the fine pass never upsamples past this: its cost grows with area
     iou_match: float = 0.3  # box overlap for a detection to belong to a track
     descriptors: bool = False  # compute a descriptor when a track is born (~70 ms, once a track)
@@ -93,6 +101,11 @@ class TrackerSettings:
     memory: float = 2.0  # seconds a lost track can be taken back
     max_missed: int = 3  # frames a track may go unconfirmed before it is dropped
     verify_every: int = 1  # frames between crop checks of each track (1: every frame)
+    # The check's detector is skipped, for at most `same_skips` frames in a row, while the aligned
+    # face crop looks the same as when the detector last confirmed it (mean difference of a 16x16
+    # grey thumbnail, in grey levels): an unchanged face is still a face.
+    same_crop: float = 4.0
+    same_skips: int = 2
     verify_size: int = 88  # detector box size (px) in the aligned check crop; the HOG window is 80
     # Detector threshold for the crop check: lenient, the place is known (None: the detector's own,
     # -0.5 dlib margin for HOG).
@@ -151,6 +164,9 @@ class Track:
     descriptor: np.ndarray | None = field(default=None, repr=False)
     raw_68: np.ndarray = field(default_factory=lambda: np.zeros((68, 2), np.float32), repr=False)
     age: int = 0  # frames since birth
+    # Thumbnail of the aligned crop the detector last confirmed, and checks skipped since.
+    checked_thumb: np.ndarray | None = field(default=None, repr=False)
+    skipped_checks: int = 0
     smoother: LandmarkSmoother = field(
         default_factory=lambda: LandmarkSmoother(TrackerSettings()), repr=False
     )
@@ -238,6 +254,7 @@ class FaceTracker:
     def reset(self) -> None:
         """Forget everything, ids included: from here the same frames give the same tracks."""
         self.tracks: list[Track] = []
+        self._grey: np.ndarray | None = None  # this frame in grey, made on first use
         self._lost: list[_Lost] = []
         self._next_id = 0
         self._since_detect = 0
@@ -259,6 +276,7 @@ class FaceTracker:
         the tracks and unmatched ones start new tracks; pass an empty list on frames without news.
         """
         frame = np.ascontiguousarray(frame)
+        self._grey = None
         st = self.settings
         cut = self._cuts(frame)
         if cut:
@@ -274,8 +292,10 @@ class FaceTracker:
             if detections:
                 self._merge(frame, t, list(detections), reseed=False)
         elif cut or self._since_fine >= st.fine_every:
-            self._detect(frame, t, fine)
-        elif self._due(regular_interval=st.search_every if not self.tracks else st.detect_every):
+            if not (st.largest_only and fine > regular and self._detect(frame, t, regular)):
+                self._detect(frame, t, fine)
+            self._since_fine = 0
+        elif self._due(regular_interval=self._regular_interval()):
             self._detect(frame, t, regular)
         kept = []
         for tr in self.tracks:
@@ -288,6 +308,20 @@ class FaceTracker:
             self._smooth(tr, frame.shape, t)
         return [tr for tr in self.tracks if tr.visible]
 
+    def _for_detector(self, frame: np.ndarray) -> np.ndarray:
+        """The frame as the detector runs fastest on it: grey where it takes grey (made once a frame)."""
+        if not self.analyser.detector.takes_grey:
+            return frame
+        if self._grey is None:
+            self._grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        return self._grey
+
+    def _regular_interval(self) -> int:
+        st = self.settings
+        if not self.tracks:
+            return st.search_every
+        return max(st.detect_every, st.drift_every) if st.largest_only else st.detect_every
+
     def _due(self, regular_interval: int) -> bool:
         return self._since_detect >= regular_interval or any(tr.missed for tr in self.tracks)
 
@@ -298,33 +332,45 @@ class FaceTracker:
         if not _mostly_inside(box, frame.shape):
             track.missed += 1
         elif track.age % self.settings.verify_every == 0:
-            confirmed = self._verify(frame, track.raw_68)
+            confirmed = self._verify(frame, track)
             track.missed = 0 if confirmed else track.missed + 1
             track.hits += int(confirmed)
 
-    def _verify(self, frame: np.ndarray, points: np.ndarray) -> bool:
+    def _verify(self, frame: np.ndarray, track: Track) -> bool:
         st = self.settings
-        a, size = _verify_crop(points, st.verify_size)
+        a, size = _verify_crop(track.raw_68, st.verify_size)
         crop = cv2.warpAffine(frame, a, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        thumb = cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (16, 16), interpolation=cv2.INTER_AREA)
+        thumb = thumb.astype(np.float32)
+        if (
+            track.checked_thumb is not None
+            and track.skipped_checks < st.same_skips
+            and float(np.abs(thumb - track.checked_thumb).mean()) < st.same_crop
+        ):
+            track.skipped_checks += 1
+            return True
         # A face of about the expected size near the middle: anything else is not this track.
         threshold = self.analyser.detector.lenient if st.verify_threshold is None else st.verify_threshold
         for det in self.analyser.detector.run(crop, 1.0, threshold):
             offset = np.abs((det.box[:2] + det.box[2:]) / 2 - size / 2).max()
             width = float(det.box[2] - det.box[0])
             if offset < 0.25 * st.verify_size and 0.7 < width / st.verify_size < 1.45:
+                track.checked_thumb, track.skipped_checks = thumb, 0
                 return True
+        track.checked_thumb = None
         return False
 
-    def _detect(self, frame: np.ndarray, t: float, scale: float) -> None:
-        st = self.settings
+    def _detect(self, frame: np.ndarray, t: float, scale: float) -> int:
+        """A full-frame detection at `scale`, merged into the tracks; how many faces it found."""
         self._since_detect = 0
-        if scale > st.scales(frame.shape)[0]:
-            self._since_fine = 0
-        self._merge(frame, t, self.analyser.detector.run(frame, scale), reseed=True)
+        return self._merge(
+            frame, t, self.analyser.detector.run(self._for_detector(frame), scale), reseed=True
+        )
 
-    def _merge(self, frame: np.ndarray, t: float, found: list[Detection], *, reseed: bool) -> None:
+    def _merge(self, frame: np.ndarray, t: float, found: list[Detection], *, reseed: bool) -> int:
         """Match detections to tracks by overlap; unmatched ones start tracks. `reseed`: a track that
-        drifted off its detection restarts from it (not for detections made on an older frame)."""
+        drifted off its detection restarts from it (not for detections made on an older frame).
+        Returns how many detections were big enough to count."""
         st = self.settings
         found = [d for d in found if d.box[2] - d.box[0] >= st.min_face]
         boxes = [d.box for d in found]
@@ -353,6 +399,7 @@ class FaceTracker:
         for bi, det in enumerate(found):
             if bi not in used_b:
                 self._birth(frame, det, t)
+        return len(found)
 
     def _birth(self, frame: np.ndarray, det: Detection, t: float) -> None:
         st = self.settings
@@ -409,7 +456,7 @@ class FaceTracker:
             score=track.face.score,
             landmarks_68=points,
             landmarks_5=five_from_68(points),
-            pose=head_pose(points, shape),
+            image_size=shape[:2],
             sharpness=track.face.sharpness,
             descriptor=track.descriptor,
         )

@@ -23,12 +23,16 @@ def smooth_ramp(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
+def depth(binary: np.ndarray) -> np.ndarray:
+    """Distance (px, float32) of each pixel of `binary` from its edge; 0 outside."""
+    return cv2.distanceTransform((binary > 0).astype(np.uint8), cv2.DIST_L2, 5)
+
+
 def feather(binary: np.ndarray, width: float) -> np.ndarray:
     """0 outside and on the edge of `binary`, rising smoothly to 1 at `width` px inside it."""
     if width <= 0:
         return binary.astype(np.float32)
-    inside = cv2.distanceTransform((binary > 0).astype(np.uint8), cv2.DIST_L2, 5)
-    return smooth_ramp(inside / float(width)).astype(np.float32)
+    return smooth_ramp(depth(binary) / float(width)).astype(np.float32)
 
 
 def mouth_interior(shape: tuple[int, int], points_68: np.ndarray, grow: float) -> np.ndarray:

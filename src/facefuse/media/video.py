@@ -22,6 +22,7 @@ from typing import Any
 
 import av
 import av.error
+import cv2
 import numpy as np
 
 from facefuse.errors import (
@@ -495,6 +496,60 @@ def rgb_to_frame(
         dst_colorspace=color.space if color.space not in (0, 2) else None,
         dst_color_range=color.range or 1,
     )
+
+
+# Luma weights (Kr, Kb) by FFmpeg colour space value; anything else gets swscale's default, BT.601.
+_LUMA_WEIGHTS = {1: (0.2126, 0.0722), 9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
+_BT601 = (0.299, 0.114)
+
+
+def rgb_to_yuv_matrix(color: ColorTags) -> np.ndarray:
+    """(3, 4) affine from full-range RGB to Y, Cb, Cr in the stream's matrix and range (cv2.transform)."""
+    kr, kb = _LUMA_WEIGHTS.get(color.space, _BT601)
+    kg = 1.0 - kr - kb
+    full = color.range == 2
+    y_gain, c_gain, y_offset = (1.0, 1.0, 0.0) if full else (219 / 255, 224 / 255, 16.0)
+    luma = np.array([kr, kg, kb])
+    cb = (np.array([0.0, 0.0, 1.0]) - luma) / (2 * (1 - kb))
+    cr = (np.array([1.0, 0.0, 0.0]) - luma) / (2 * (1 - kr))
+    return np.array(
+        [[*(y_gain * luma), y_offset], [*(c_gain * cb), 128.0], [*(c_gain * cr), 128.0]], np.float32
+    )
+
+
+def changed_box(before: np.ndarray, after: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) bounding every pixel where two same-shape RGB images differ; None if none."""
+    h = before.shape[0]
+    diff = (before != after).reshape(h, -1)
+    rows = np.flatnonzero(diff.any(axis=1))
+    if rows.size == 0:
+        return None
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(diff[y0:y1].any(axis=0))
+    return int(cols[0]) // 3, y0, int(cols[-1]) // 3 + 1, y1
+
+
+def patch_yuv420(
+    decoded: av.VideoFrame, rgb: np.ndarray, box: tuple[int, int, int, int], color: ColorTags
+) -> av.VideoFrame:
+    """`decoded` (yuv420p, even size) with the pixels in `box` taken from `rgb` (the same picture,
+    full-range RGB) in the stream's matrix and range; every other pixel stays exactly as decoded.
+
+    The point is speed: swscale's RGB -> YUV of a whole 640x360 frame costs ~1 ms, this ~0.1 ms, and
+    the untouched background makes no colour round trip at all.
+    """
+    h, w = decoded.height, decoded.width
+    x0, y0, x1, y1 = box
+    x0, y0 = x0 - x0 % 2, y0 - y0 % 2  # whole 2x2 chroma blocks
+    x1, y1 = min(w, x1 + x1 % 2), min(h, y1 + y1 % 2)
+    planes = decoded.to_ndarray(format="yuv420p")  # (h * 3/2, w): Y, then U and V, each (h/2, w/2) flat
+    yuv = cv2.transform(np.ascontiguousarray(rgb[y0:y1, x0:x1]), rgb_to_yuv_matrix(color))
+    planes[y0:y1, x0:x1] = yuv[..., 0]
+    half = cv2.resize(yuv[..., 1:], ((x1 - x0) // 2, (y1 - y0) // 2), interpolation=cv2.INTER_AREA)
+    chroma = planes[h:].reshape(2, h // 2, w // 2)
+    chroma[0, y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = half[..., 0]
+    chroma[1, y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = half[..., 1]
+    return av.VideoFrame.from_ndarray(planes, format="yuv420p")
 
 
 def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:

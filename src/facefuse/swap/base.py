@@ -19,6 +19,8 @@ class SourceFace:
     origin: np.ndarray  # (x, y) of `image`'s top-left corner in the original source image
     descriptor: np.ndarray | None = None  # the identity to match or report against
     latent: np.ndarray | None = None  # a learned swapper's identity input (e.g. inswapper's emap latent)
+    # `image` and its area-halved copies (the mesh swapper shrinks big sources from the nearest one).
+    pyramid: tuple[np.ndarray, ...] = ()
 
 
 class Swapper(Protocol):
