@@ -208,12 +208,18 @@ def test_largest_only_needs_no_fine_pass_once_a_face_is_found(pipe, clip, monkey
         monkeypatch.undo()
 
 
-def test_an_unchanged_face_skips_checks_but_a_vanished_one_is_hidden_at_once(pipe, images, monkeypatch):
-    still = images("images/obama.jpg")
+@pytest.mark.parametrize("contrast", [1.0, 0.15])
+def test_an_unchanged_face_skips_checks_but_a_vanished_one_is_hidden_at_once(
+    pipe, images, monkeypatch, contrast
+):
+    # Also in dim, flat footage, where a vanished face changes the picture by only a few grey levels.
+    photo = images("images/obama.jpg").astype(np.float32)
+    still = np.clip((photo - 60) * contrast + 40, 0, 255).astype(np.uint8)
     face = pipe.analyser.analyse(still, largest_only=True)[0]
     hidden = still.copy()
     x0, y0, x1, y1 = face.box.astype(int)
-    hidden[max(y0, 0) : y1, max(x0, 0) : x1] = 128  # the face is gone: a flat grey patch in its place
+    # The face is gone: a flat patch of its own mean grey in its place.
+    hidden[max(y0, 0) : y1, max(x0, 0) : x1] = int(still[max(y0, 0) : y1, max(x0, 0) : x1].mean())
     settings = TrackerSettings(detect_every=1000, fine_every=1000)
     tracker = FaceTracker(pipe.analyser, settings)
     tracker.update(still, 0.0)  # birth, by full detection

@@ -476,7 +476,7 @@ def test_sigterm_inside_the_block_is_an_interrupt_and_the_handler_is_restored() 
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-@pytest.mark.parametrize(("color_range", "space"), [(1, 1), (2, 5), (0, 2)])
+@pytest.mark.parametrize(("color_range", "space"), [(1, 1), (2, 5), (0, 2), (1, 9), (1, 7)])
 def test_a_swapped_frame_is_patched_into_the_decoded_picture(color_range: int, space: int) -> None:
     """Only the changed box is converted back to YUV (in the stream's matrix and range); every other
     sample stays exactly as decoded, and the box agrees with FFmpeg's own conversion."""
@@ -509,3 +509,56 @@ def cv2_blur(image: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.GaussianBlur(image, (0, 0), 3)
+
+
+class _BoxInverter:
+    """A processor that changes one fixed box of every frame (what a swap does to a face)."""
+
+    box = (40, 30, 120, 110)
+
+    def process(self, frame: np.ndarray, t: float, timings=None):
+        from facefuse.stream import FrameResult
+
+        out = frame.copy()
+        x0, y0, x1, y1 = self.box
+        out[y0:y1, x0:x1] = 255 - out[y0:y1, x0:x1]
+        return FrameResult(out, 1, 1)
+
+    def reset(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("resize", [False, True])
+def test_a_job_hands_the_encoder_decoded_samples_outside_the_changed_box(
+    config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resize: bool
+) -> None:
+    from facefuse.media import video as media
+    from facefuse.video import VideoJob, VideoOptions
+
+    monkeypatch.setenv("FACEFUSE_CONFIG_DIR", str(config_dir))
+    clip = make_video(tmp_path / "in.mp4", [photo(OBAMA)] * 6)
+    with av.open(str(clip)) as container:
+        decoded = [f.to_ndarray() for f in container.decode(video=0)]
+    sent: list[np.ndarray] = []
+    encode = media.SegmentEncoder.encode
+
+    def record(self, frame, pts):
+        sent.append(frame.to_ndarray())
+        encode(self, frame, pts)
+
+    monkeypatch.setattr(media.SegmentEncoder, "encode", record)
+    options = VideoOptions(workers=1, size=(160, 120) if resize else None)
+    VideoJob(media.probe(clip), tmp_path / "out.mp4", options, _BoxInverter).run()
+    assert len(sent) == len(decoded)
+    x0, y0, x1, y1 = _BoxInverter.box
+    h = SIZE[1]
+    for before, after in zip(decoded, sent, strict=True):
+        if resize:  # scaled by FFmpeg after the swap: the plain path, still the right size
+            assert after.shape == (120 * 3 // 2, 160)
+            continue
+        outside = np.ones_like(before, bool)
+        outside[y0:y1, x0:x1] = False
+        chroma = outside[h:].reshape(2, h // 2, -1)
+        chroma[:, y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = False
+        assert np.array_equal(after[outside], before[outside])
+        assert np.abs(after[y0:y1, x0:x1].astype(int) - before[y0:y1, x0:x1]).mean() > 20, "the box changed"

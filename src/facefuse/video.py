@@ -473,6 +473,7 @@ class SegmentRunner:
             and geometry.pix_fmt == "yuv420p"
             and info.width % 2 == 0
             and info.height % 2 == 0
+            and media.patchable_colour(geometry.color)
         )
 
     def close(self) -> None:
@@ -635,6 +636,16 @@ class SegmentRunner:
                     return
             progress(len(items))
 
+    def _patches(self, frame: av.VideoFrame) -> bool:
+        """Whether this decoded frame can take a patch: plain 4:2:0 and the stream's own colour tags
+        (it was converted to RGB with its own; the patch is made with the stream's)."""
+        color = self.geometry.color
+        return (
+            frame.format.name == "yuv420p"
+            and int(frame.color_range) == color.range
+            and int(frame.colorspace) == color.space
+        )
+
     def _emit(
         self,
         item: _Decoded,
@@ -652,7 +663,7 @@ class SegmentRunner:
             stats.faces_swapped += result.faces_swapped
             stats.frames_with_faces += int(result.faces_found > 0)
             if result.image is not item.rgb:
-                if self._patchable and item.frame.format.name == "yuv420p" and item.rgb is not None:
+                if self._patchable and item.rgb is not None and self._patches(item.frame):
                     payload = _Patch(item.frame, item.rgb, result.image)
                 else:
                     payload = media.coded(result.image, self.timeline.info.rotation)

@@ -40,7 +40,7 @@ class Face:
     # (height, width) of the picture the face is in: the head pose is fitted with a camera of that size.
     image_size: tuple[int, int]
     descriptor: np.ndarray | None = field(default=None, repr=False)  # (128,) float32
-    _pose: Pose | None = field(default=None, repr=False, compare=False)
+    _pose: Pose | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def pose(self) -> Pose:

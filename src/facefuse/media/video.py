@@ -498,14 +498,23 @@ def rgb_to_frame(
     )
 
 
-# Luma weights (Kr, Kb) by FFmpeg colour space value; anything else gets swscale's default, BT.601.
-_LUMA_WEIGHTS = {1: (0.2126, 0.0722), 9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
+# Luma weights (Kr, Kb) by FFmpeg colour space value, as swscale uses them: BT.709, FCC, BT.601
+# (470BG, 170M), SMPTE 240M, BT.2020; unspecified (2) and RGB (0) get swscale's default, BT.601.
 _BT601 = (0.299, 0.114)
+_LUMA_WEIGHTS = {
+    0: _BT601, 1: (0.2126, 0.0722), 2: _BT601, 4: (0.30, 0.11), 5: _BT601, 6: _BT601,
+    7: (0.212, 0.087), 9: (0.2627, 0.0593), 10: (0.2627, 0.0593),
+}  # fmt: skip
+
+
+def patchable_colour(color: ColorTags) -> bool:
+    """Whether `patch_yuv420` knows this colour space's matrix (others take FFmpeg's full conversion)."""
+    return color.space in _LUMA_WEIGHTS and color.range in (0, 1, 2)
 
 
 def rgb_to_yuv_matrix(color: ColorTags) -> np.ndarray:
     """(3, 4) affine from full-range RGB to Y, Cb, Cr in the stream's matrix and range (cv2.transform)."""
-    kr, kb = _LUMA_WEIGHTS.get(color.space, _BT601)
+    kr, kb = _LUMA_WEIGHTS[color.space]
     kg = 1.0 - kr - kb
     full = color.range == 2
     y_gain, c_gain, y_offset = (1.0, 1.0, 0.0) if full else (219 / 255, 224 / 255, 16.0)
