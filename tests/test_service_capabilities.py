@@ -141,3 +141,28 @@ def test_region_mask_needs_the_parser(tmp_path, models_dir):
     assert "bisenet_resnet_34" in unavailable(opts, installed)
     assert unavailable(JobOptions(swapper="inswapper_128", mask="occlusion"), installed) is None
     assert set(REGIONS) >= {"skin", "nose"}
+
+
+def test_a_scale_out_worker_takes_its_models_from_models_dir(tmp_path, models_dir, monkeypatch):
+    from facefuse.cli import build_parser
+    from facefuse.cli_worker import load_worker
+    from facefuse.errors import ModelMissing
+    from facefuse.service.options import JobOptions
+
+    monkeypatch.setenv("FACEFUSE_MODELS_DIR", str(tmp_path / "empty"))  # the default folder has nothing
+    monkeypatch.setenv("FACEFUSE_CONFIG_DIR", str(tmp_path / "config"))
+    # --no-verify: the test models are small stand-ins, not the published files.
+    argv = ["worker", "--broker", "redis://x", "--storage", str(tmp_path / "files"), "--no-verify"]
+    learned = JobOptions(swapper="inswapper_128")
+    parser = build_parser()
+    worker = load_worker(parser.parse_args([*argv, "--models-dir", str(models_dir)]), tmp_path / "w", "w1")
+    try:
+        assert worker.pipeline_for(learned).swapper.name == "inswapper_128"
+    finally:
+        worker.close()
+    without = load_worker(parser.parse_args(argv), tmp_path / "w", "w2")
+    try:
+        with pytest.raises(ModelMissing):
+            without.pipeline_for(learned)
+    finally:
+        without.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import socket
@@ -66,6 +67,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="frames per video segment, the work a taken-over job keeps (default: automatic; use the "
         "same value on every worker)",
+    )
+    worker.add_argument(
+        "--models-dir",
+        type=Path,
+        metavar="DIR",
+        help="learned models the jobs may use: those installed here (default: $FACEFUSE_MODELS_DIR, "
+        "else ~/.cache/facefuse/models; give every worker the folder `serve --models-dir` offers)",
+    )
+    worker.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip size and SHA-256 checks of model files (they must still load as ONNX)",
     )
     worker.add_argument(
         "--log-level",
@@ -195,6 +208,23 @@ def default_work_dir(storage: Any) -> Path:
     return private_dir("work")
 
 
+def load_worker(args: argparse.Namespace, work_root: Path, worker_id: str) -> Any:
+    """The job runner of one pool process, with its models loaded, as the command line asks."""
+    from facefuse.service.runner import Worker
+
+    return Worker.load(
+        work_root,
+        worker_id=worker_id,
+        result_ttl_s=args.result_ttl * 3600.0,
+        max_pixels=args.max_pixels,
+        max_video_frames=args.max_video_frames,
+        video_workers=args.video_workers,
+        segment_frames=args.segment_frames,
+        models_dir=args.models_dir,
+        verify_models=not args.no_verify,
+    )
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     numbers = (args.concurrency, args.video_workers, args.max_pixels, args.max_video_frames)
     if min(numbers) < 1 or args.segment_frames < 0 or not args.result_ttl > 0:
@@ -206,7 +236,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from facefuse.service.celery_queue import check_broker
     from facefuse.service.celery_worker import JobRunner, start_worker
     from facefuse.service.redis_store import RedisJobStore
-    from facefuse.service.runner import Worker
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -224,22 +253,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         where = f"--work-dir {work_root}" if work_root else "the default work folder"
         raise StorageUnreachable(f"{where}: cannot create ({exc.strerror or exc})") from None
 
-    def load_worker(worker_id: str) -> Worker:
-        return Worker.load(
-            work_root,
-            worker_id=worker_id,
-            result_ttl_s=args.result_ttl * 3600.0,
-            max_pixels=args.max_pixels,
-            max_video_frames=args.max_video_frames,
-            video_workers=args.video_workers,
-            segment_frames=args.segment_frames,
-        )
-
     runner = JobRunner(
         settings=settings,
         store=RedisJobStore(settings.broker, lease_s=settings.lease_s),
         storage=storage,
-        load_worker=load_worker,
+        load_worker=functools.partial(load_worker, args, work_root),
         node=f"{args.name}@{socket.gethostname()}",
     )
     code = start_worker(
