@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from facefuse.errors import (
     ExitCode,
@@ -34,26 +35,31 @@ examples:
 """
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--models-dir, --model NAME=PATH, --no-verify, --execution-provider, --threads."""
-    group = parser.add_argument_group("models")
-    group.add_argument(
+def add_models_folder_arguments(parser: Any, purpose: str = "models folder") -> None:
+    """--models-dir and --no-verify, on a parser or an argument group; `purpose` opens the folder's help."""
+    parser.add_argument(
         "--models-dir",
         type=Path,
         metavar="DIR",
-        help=f"models folder (default: ${MODELS_DIR_ENV}, else ~/.cache/facefuse/models)",
+        help=f"{purpose} (default: ${MODELS_DIR_ENV}, else ~/.cache/facefuse/models; see `facefuse models`)",
     )
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip size and SHA-256 checks of model files (they must still load as ONNX)",
+    )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--models-dir, --model NAME=PATH, --no-verify, --execution-provider, --threads."""
+    group = parser.add_argument_group("models")
+    add_models_folder_arguments(group)
     group.add_argument(
         "--model",
         action="append",
         default=[],
         metavar="NAME=PATH",
         help="use a local file for model NAME (checked against the registry hash); repeatable",
-    )
-    group.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="skip size and SHA-256 checks of model files (they must still load as ONNX)",
     )
     group.add_argument(
         "--execution-provider",

@@ -13,6 +13,7 @@ from facefuse.errors import ExitCode, FacefuseError, ServiceConfigError, Service
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from facefuse.cli import exit_codes_text
+    from facefuse.cli_models import add_models_folder_arguments
 
     serve = sub.add_parser(
         "serve",
@@ -87,18 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN"
     )
-    serve.add_argument(
-        "--models-dir",
-        type=Path,
-        metavar="DIR",
-        help="learned models offered to jobs: those installed here (default: $FACEFUSE_MODELS_DIR, "
-        "else ~/.cache/facefuse/models; see `facefuse models`)",
-    )
-    serve.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="skip size and SHA-256 checks of model files (they must still load as ONNX)",
-    )
+    add_models_folder_arguments(serve, "learned models offered to jobs: those installed here")
     serve.add_argument(
         "--log-level",
         "--loglevel",

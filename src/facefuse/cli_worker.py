@@ -25,6 +25,7 @@ its last finished segment."""
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     from facefuse.cli import exit_codes_text
+    from facefuse.cli_models import add_models_folder_arguments
 
     worker = sub.add_parser(
         "worker",
@@ -68,18 +69,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="frames per video segment, the work a taken-over job keeps (default: automatic; use the "
         "same value on every worker)",
     )
-    worker.add_argument(
-        "--models-dir",
-        type=Path,
-        metavar="DIR",
-        help="learned models the jobs may use: those installed here (default: $FACEFUSE_MODELS_DIR, "
-        "else ~/.cache/facefuse/models; give every worker the folder `serve --models-dir` offers)",
-    )
-    worker.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="skip size and SHA-256 checks of model files (they must still load as ONNX)",
-    )
+    add_models_folder_arguments(worker, "learned models for jobs: the folder `serve --models-dir` offers")
     worker.add_argument(
         "--log-level",
         "--loglevel",  # Celery's spelling, kept working
