@@ -143,6 +143,10 @@ def test_expiry_deletes_results(store, storage, worker):
     assert expire_results(store, storage, now=time.time()) == []  # not yet
     assert expire_results(store, storage, now=done.expires_at + 1) == [job.id]
     assert store.get(job.id).status is JobStatus.EXPIRED and not storage.exists(done.output)
+    # The record answers for a while longer (410 from the API), then goes too.
+    assert store.forget_expired(before=done.expires_at - 1) == [] and store.get(job.id) is not None
+    assert store.forget_expired(before=done.expires_at + 1) == [job.id]
+    assert store.get(job.id) is None and store.list("alice") == []
 
 
 def test_local_queue_runs_jobs_and_cancels_queued_ones(store, storage, worker, tmp_path):

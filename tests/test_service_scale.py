@@ -499,6 +499,11 @@ def test_redis_store_and_leases(cluster: Cluster) -> None:
     assert store.get(b.id) is None and [j.id for j in store.list("ann")] == [a.id]
     assert store.count_active("ann") == 0
 
+    # An expired job's record goes too, once it has been expired long enough.
+    assert store.forget_expired(before=time.time() - 60) == [] and store.get(a.id) is not None
+    assert store.forget_expired(before=time.time() + 1) == [a.id]
+    assert store.get(a.id) is None and store.list("ann") == [] and store.forget_expired(time.time() + 1) == []
+
 
 def test_redis_count_active_keeps_a_job_created_while_it_counts(cluster: Cluster) -> None:
     import redis as redis_lib

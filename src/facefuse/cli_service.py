@@ -86,6 +86,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--result-ttl", type=float, default=24.0, metavar="HOURS", help="results are deleted after this"
     )
     serve.add_argument(
+        "--record-ttl",
+        type=float,
+        default=168.0,
+        metavar="HOURS",
+        help="an expired job's record answers 410 this long after its files went, then 404 (default 168)",
+    )
+    serve.add_argument(
         "--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN"
     )
     add_models_folder_arguments(serve, "learned models offered to jobs: those installed here")
@@ -132,6 +139,7 @@ def settings_from_args(args: argparse.Namespace):
         max_pixels=args.max_pixels,
         max_sync_pixels=args.max_sync_pixels,
         result_ttl_s=args.result_ttl * 3600.0,
+        record_ttl_s=args.record_ttl * 3600.0,
         cors_origins=list(args.cors_origin),
         models_dir=args.models_dir,
         verify_models=not args.no_verify,

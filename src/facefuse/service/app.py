@@ -520,6 +520,9 @@ def _expiry_loop(svc: Services) -> None:
             gone = expire_results(svc.store, svc.storage)
             if gone:
                 log.info("expired %d job result(s)", len(gone))
+            forgotten = svc.store.forget_expired(time.time() - svc.settings.record_ttl_s)
+            if forgotten:
+                log.info("deleted %d expired job record(s)", len(forgotten))
         except Exception:
             log.exception("expiry pass failed")
 

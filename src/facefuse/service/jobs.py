@@ -137,6 +137,10 @@ class JobStore(Protocol):
         """Finished jobs whose `expires_at` has passed (their files are due for deletion)."""
         ...
 
+    def forget_expired(self, before: float) -> list[str]:
+        """Delete the records of jobs whose results expired before `before`; their ids."""
+        ...
+
     def count_active(self, owner: str) -> int: ...
 
     def unfinished(self) -> list[Job]:
@@ -241,6 +245,14 @@ class SQLiteJobStore:
             [s.value for s in FINISHED] + [now],
         )
         return [_from_row(r) for r in rows]
+
+    def forget_expired(self, before: float) -> list[str]:
+        where = "status = ? AND expires_at IS NOT NULL AND expires_at <= ?"
+        values = (JobStatus.EXPIRED.value, before)
+        with self._tx() as db:
+            ids = [row[0] for row in db.execute(f"SELECT id FROM jobs WHERE {where}", values)]
+            db.execute(f"DELETE FROM jobs WHERE {where}", values)
+        return ids
 
     def count_active(self, owner: str) -> int:
         row = (

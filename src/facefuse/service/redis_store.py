@@ -104,6 +104,10 @@ class RedisJobStore:
     def _expiry(self) -> str:
         return f"{self.prefix}expiry"  # job ids by expires_at
 
+    @property
+    def _expired(self) -> str:
+        return f"{self.prefix}expired"  # ids of jobs whose files are gone, by when they went
+
     # -- JobStore -------------------------------------------------------------------------------
 
     def create(self, job: Job) -> None:
@@ -137,7 +141,10 @@ class RedisJobStore:
             else:
                 self.redis.zadd(self._expiry, {job_id: float(changes["expires_at"])})
         if changed and changes.get("status") == JobStatus.EXPIRED:
-            self.redis.zrem(self._expiry, job_id)  # its files are gone: nothing left to expire
+            pipe = self.redis.pipeline()
+            pipe.zrem(self._expiry, job_id)  # its files are gone: nothing left to expire
+            pipe.zadd(self._expired, {job_id: time.time()})  # only the record, until forget_expired
+            pipe.execute()
         return changed
 
     def list(self, owner: str, limit: int = 100) -> list[Job]:
@@ -150,6 +157,7 @@ class RedisJobStore:
         pipe.delete(self._job(job_id), self._lease(job_id))
         pipe.zrem(self._all, job_id)
         pipe.zrem(self._expiry, job_id)
+        pipe.zrem(self._expired, job_id)
         if job is not None:
             pipe.zrem(self._owner(job.owner), job_id)
             pipe.srem(self._active(job.owner), job_id)
@@ -167,6 +175,12 @@ class RedisJobStore:
     def expired(self, now: float) -> list[Job]:
         ids = self.redis.zrangebyscore(self._expiry, "-inf", now)
         return [job for job in self._many(ids) if job.status in FINISHED]
+
+    def forget_expired(self, before: float) -> list[str]:
+        ids = [_text(job_id) for job_id in self.redis.zrangebyscore(self._expired, "-inf", before)]
+        for job_id in ids:
+            self.delete(job_id)
+        return ids
 
     def count_active(self, owner: str) -> int:
         key = self._active(owner)

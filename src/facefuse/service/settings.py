@@ -48,6 +48,9 @@ class Settings:
     max_sync_pixels: int = 4_000_000  # POST /v1/swap answers in the request, so only small images
     max_video_frames: int = 18_000
     result_ttl_s: float = 24 * 3600.0
+    # After its result expires a job's record still answers (410, "expired") for this long, then it
+    # is deleted too (404), so the job store does not grow without end.
+    record_ttl_s: float = 7 * 24 * 3600.0
     expiry_interval_s: float = 30.0
     cors_origins: list[str] = field(default_factory=list)  # empty: no CORS headers at all
     video_workers: int = 1  # processes per video job; the service runs jobs side by side instead
