@@ -491,7 +491,7 @@ def test_a_swapped_frame_is_patched_into_the_decoded_picture(color_range: int, s
     after[31:70, 45:101] = 255 - after[31:70, 45:101]
     box = media.changed_box(before, after)
     assert box == (45, 31, 101, 70)
-    patched = media.patch_yuv420(decoded, after, box, tags).to_ndarray()
+    patched = media.patch_yuv420(decoded, after, box, media.rgb_to_yuv_matrix(tags)).to_ndarray()
     original = decoded.to_ndarray()
     h = decoded.height
     inside = np.zeros_like(original, bool)

@@ -14,6 +14,7 @@ from facefuse.errors import ExitCode, FacefuseError, ServiceConfigError, Service
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from facefuse.cli import exit_codes_text
     from facefuse.cli_models import add_models_folder_arguments
+    from facefuse.cli_worker import add_scale_arguments, add_service_arguments
 
     serve = sub.add_parser(
         "serve",
@@ -83,9 +84,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-sync-pixels", type=int, default=4_000_000, metavar="N", help="largest target for POST /v1/swap"
     )
     serve.add_argument(
-        "--result-ttl", type=float, default=24.0, metavar="HOURS", help="results are deleted after this"
-    )
-    serve.add_argument(
         "--record-ttl",
         type=float,
         default=168.0,
@@ -96,14 +94,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN"
     )
     add_models_folder_arguments(serve, "learned models offered to jobs: those installed here")
-    serve.add_argument(
-        "--log-level",
-        "--loglevel",
-        dest="log_level",
-        type=str.lower,
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-    )
+    add_service_arguments(serve)
     serve.add_argument(
         "--backend",
         choices=["local", "celery"],
@@ -111,7 +102,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="local: jobs run in --workers processes on this machine (default); "
         "celery: jobs go to `facefuse worker`s over Redis",
     )
-    from facefuse.cli_worker import add_scale_arguments
     from facefuse.service.live_ws import add_arguments as add_live_arguments
 
     add_live_arguments(serve)

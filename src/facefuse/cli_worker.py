@@ -46,13 +46,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "so a job resumes on any host; ~/.cache/facefuse/work, private, for a bucket)",
     )
     worker.add_argument(
-        "--result-ttl",
-        type=float,
-        default=24.0,
-        metavar="HOURS",
-        help="results are deleted after this (default 24; hours, as for serve)",
-    )
-    worker.add_argument(
         "--max-pixels", type=int, default=40_000_000, metavar="N", help="largest image or frame (40 MP)"
     )
     worker.add_argument(
@@ -70,7 +63,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "same value on every worker)",
     )
     add_models_folder_arguments(worker, "learned models for jobs: the folder `serve --models-dir` offers")
-    worker.add_argument(
+    add_service_arguments(worker)
+    worker.set_defaults(func=cmd_worker)
+    return worker
+
+
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """--result-ttl and --log-level, the same for `serve` and `worker` (hours; Celery's spelling too)."""
+    parser.add_argument(
+        "--result-ttl", type=float, default=24.0, metavar="HOURS", help="results are deleted after this (24)"
+    )
+    parser.add_argument(
         "--log-level",
         "--loglevel",  # Celery's spelling, kept working
         dest="log_level",
@@ -78,8 +81,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default="info",
         choices=["debug", "info", "warning", "error"],
     )
-    worker.set_defaults(func=cmd_worker)
-    return worker
 
 
 def add_scale_arguments(parser: argparse.ArgumentParser, *, storage_required: bool) -> None:

@@ -475,6 +475,7 @@ class SegmentRunner:
             and info.height % 2 == 0
             and media.patchable_colour(geometry.color)
         )
+        self._to_yuv = media.rgb_to_yuv_matrix(geometry.color) if self._patchable else None
 
     def close(self) -> None:
         if self._reader is not None:
@@ -689,7 +690,7 @@ class SegmentRunner:
                     frame = (
                         payload.decoded
                         if box is None
-                        else media.patch_yuv420(payload.decoded, payload.after, box, geometry.color)
+                        else media.patch_yuv420(payload.decoded, payload.after, box, self._to_yuv)
                     )
                 elif isinstance(payload, av.VideoFrame):
                     frame = (

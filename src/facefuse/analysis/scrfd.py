@@ -75,6 +75,7 @@ class FittedDetector:
     """`detect` for learned detectors that always fit the whole image to their input: one pass, so
     there is no coarse-first shortcut for the largest face; `run` is the subclass's."""
 
+    lenient = 0.3  # score threshold for the tracker's crop check, where a face is expected
     takes_grey = False
 
     def run(self, image: np.ndarray, scale: float = 1.0, threshold: float | None = None) -> list[Detection]:
@@ -88,8 +89,6 @@ class FittedDetector:
 
 
 class ScrfdDetector(FittedDetector):
-    lenient = 0.3
-
     def __init__(
         self,
         session: SessionLike,

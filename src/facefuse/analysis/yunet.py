@@ -20,8 +20,6 @@ KINDS = ("cls", "obj", "bbox", "kps")
 
 
 class YuNetDetector(FittedDetector):
-    lenient = 0.3
-
     def __init__(
         self,
         session: SessionLike,

@@ -28,11 +28,16 @@ def depth(binary: np.ndarray) -> np.ndarray:
     return cv2.distanceTransform((binary > 0).astype(np.uint8), cv2.DIST_L2, 5)
 
 
+def ramp_in(inside: np.ndarray, width: float) -> np.ndarray:
+    """From a `depth` map: 0 outside, rising smoothly to 1 at `width` px in (a hard edge for 0)."""
+    if width <= 0:
+        return (inside > 0).astype(np.float32)
+    return smooth_ramp(inside / float(width)).astype(np.float32)
+
+
 def feather(binary: np.ndarray, width: float) -> np.ndarray:
     """0 outside and on the edge of `binary`, rising smoothly to 1 at `width` px inside it."""
-    if width <= 0:
-        return binary.astype(np.float32)
-    return smooth_ramp(depth(binary) / float(width)).astype(np.float32)
+    return ramp_in(depth(binary), width)
 
 
 def mouth_interior(shape: tuple[int, int], points_68: np.ndarray, grow: float) -> np.ndarray:

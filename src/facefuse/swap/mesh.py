@@ -32,7 +32,7 @@ from facefuse.geometry import (
     similarity,
     transform_points,
 )
-from facefuse.masks import depth, feather, fill_polygon, mouth_interior, smooth_ramp
+from facefuse.masks import depth, feather, fill_polygon, mouth_interior, ramp_in
 from facefuse.swap.base import SourceFace
 
 BROW_IDX = np.arange(17, 27)
@@ -140,7 +140,7 @@ class MeshSwapper:
         region = fill_polygon(shape, outline - (x0, y0)) & (index >= 0)
         hole = mouth_interior(shape, target.landmarks_68 - (x0, y0), st.mouth_grow * iod)
         inside = depth(region)
-        alpha = smooth_ramp(inside / max(st.feather * iod, 1e-6)) * feather(1 - hole, st.mouth_feather * iod)
+        alpha = ramp_in(inside, st.feather * iod) * feather(1 - hole, st.mouth_feather * iod)
 
         target_crop = frame[y0:y1, x0:x1]
         weight = (region & (1 - hole)).astype(np.float32)
@@ -150,7 +150,7 @@ class MeshSwapper:
             toned, edge = _match_tone(
                 warped, target_crop, weight, (st.tone_sigma * iod, st.edge_tone_sigma * iod)
             )
-            core = smooth_ramp(inside / max(2.0 * st.feather * iod, 1e-6))[..., None]
+            core = ramp_in(inside, 2.0 * st.feather * iod)[..., None]
             toned = edge + core * (toned - edge)
         else:
             (toned,) = _match_tone(warped, target_crop, weight, (st.tone_sigma * iod,))
