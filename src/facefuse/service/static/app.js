@@ -73,13 +73,17 @@ const api = {
 
   async fetch(path, { method = "GET", body } = {}) {
     const headers = {};
-    if (this.key) headers["X-API-Key"] = this.key;
+    const sent = this.key;
+    if (sent) headers["X-API-Key"] = sent;
     let res;
     try {
       res = await fetch(path, { method, body, headers });
     } catch {
       throw new ApiError(0, "network", "Cannot reach the facefuse server. Is it still running?");
     }
+    // Refused with a key the user has since replaced (a slow answer to a request sent before the
+    // new key was typed): ask again with the new key rather than asking the user again.
+    if (res.status === 401 && this.key && this.key !== sent) return this.fetch(path, { method, body });
     if (!res.ok) throw await errorFrom(res);
     return res;
   },
