@@ -21,6 +21,9 @@ class SourceFace:
     latent: np.ndarray | None = None  # a learned swapper's identity input (e.g. inswapper's emap latent)
     # `image` and its area-halved copies (the mesh swapper shrinks big sources from the nearest one).
     pyramid: tuple[np.ndarray, ...] = ()
+    # float32 over `image`, 1 where something covers the source face (its hair) and the target must
+    # show through instead; None when nothing does.
+    hidden: np.ndarray | None = None
 
 
 class Swapper(Protocol):

@@ -5,6 +5,8 @@ Why each step is there:
   source and target, and a triangle whose winding flips on the target is one turned away from the
   camera: it is hidden rather than stretched, so profiles fall back to the target instead of tearing.
 - The swapped region stops a little above the brows: above them the source's hair would be dragged in.
+  Hair that still falls across the source's brow or temple is found once per source (masks.hair) and
+  the target shows through there, so no strand of it is pasted onto the target.
 - The inner-lip polygon is always the target's: an open target mouth keeps its teeth and tongue, and a
   closed one can never show the source's.
 - The target's light and colour cast replace the source's at low spatial frequency only (a gain
@@ -33,6 +35,7 @@ from facefuse.geometry import (
     transform_points,
 )
 from facefuse.masks import depth, feather, fill_polygon, mouth_interior, ramp_in
+from facefuse.masks.hair import source_hair
 from facefuse.swap.base import SourceFace
 
 BROW_IDX = np.arange(17, 27)
@@ -51,6 +54,7 @@ class MeshSettings:
     eyes: float = 0.0  # the same for the eyes; dearer in pose and gaze
     edge_tone_sigma: float = 0.05  # near the region edge the tone follows the target more closely
     detail: float = 1.0  # how fully the target's fine-detail level is matched (0 keeps the source's)
+    hide_hair: bool = True  # the source's hair across its brows or temples lets the target show through
 
 
 def _up(points_68: np.ndarray) -> np.ndarray:
@@ -96,13 +100,21 @@ class MeshSwapper:
 
     def prepare(self, image: np.ndarray, face: Face) -> SourceFace:
         """Keep only the source's face neighbourhood; the rest of its image is never read again."""
-        pts = mesh_points(face.landmarks_68, self.settings.forehead)
+        st = self.settings
+        pts = mesh_points(face.landmarks_68, st.forehead)
         margin = 0.25 * face.eye_distance + 4
         x0, y0 = np.maximum(np.floor(pts.min(0) - margin), 0).astype(int)
         x1, y1 = np.ceil(pts.max(0) + margin).astype(int)
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+        local = face.landmarks_68 - (x0, y0)
+        outline = np.vstack([pts[JAW], pts[68:][::-1]]) - (x0, y0)
+        hidden = source_hair(crop, local, fill_polygon(crop.shape[:2], outline)) if st.hide_hair else None
         return SourceFace(
-            face=face, image=crop, origin=np.array([x0, y0], np.float32), pyramid=halvings(crop)
+            face=face,
+            image=crop,
+            origin=np.array([x0, y0], np.float32),
+            pyramid=halvings(crop),
+            hidden=hidden,
         )
 
     def swap(self, frame: np.ndarray, target: Face, source: SourceFace) -> np.ndarray:
@@ -136,14 +148,24 @@ class MeshSwapper:
         src_img, factors = _matched_scale(source, iod)
         affines = _triangle_affines(local, src_pts * factors, tri)
         warped = _piecewise_warp(src_img, index, affines)
+        shown = None
+        if source.hidden is not None:
+            hidden = source.hidden
+            if hidden.shape[:2] != src_img.shape[:2]:
+                hidden = cv2.resize(hidden, src_img.shape[1::-1], interpolation=cv2.INTER_AREA)
+            shown = 1.0 - np.clip(_piecewise_warp(hidden, index, affines), 0.0, 1.0)
 
         region = fill_polygon(shape, outline - (x0, y0)) & (index >= 0)
         hole = mouth_interior(shape, target.landmarks_68 - (x0, y0), st.mouth_grow * iod)
         inside = depth(region)
         alpha = ramp_in(inside, st.feather * iod) * feather(1 - hole, st.mouth_feather * iod)
+        if shown is not None:
+            alpha = alpha * shown
 
         target_crop = frame[y0:y1, x0:x1]
         weight = (region & (1 - hole)).astype(np.float32)
+        if shown is not None:
+            weight = weight * shown
         if st.edge_tone_sigma > 0:
             # Towards the edge, follow the target's tone ever more closely: the blend then crosses
             # almost no difference, which is what keeps the rim invisible (as Poisson blending would).
