@@ -4,18 +4,17 @@ import cv2
 import numpy as np
 import pytest
 
-from facefuse.geometry import JAW
 from facefuse.masks import fill_polygon
 from facefuse.masks.hair import source_hair
 from facefuse.swap import MeshSettings, MeshSwapper
-from facefuse.swap.mesh import mesh_points
+from facefuse.swap.mesh import mesh_points, region_outline
 
 HAIR_RGB = (150, 70, 25)  # auburn
 
 
 def _region(image, points):
     pts = mesh_points(points, MeshSettings().forehead)
-    return fill_polygon(image.shape[:2], np.vstack([pts[JAW], pts[68:][::-1]]))
+    return fill_polygon(image.shape[:2], region_outline(pts))
 
 
 def _with_strand(image, points):

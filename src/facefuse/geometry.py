@@ -85,6 +85,12 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m.astype(np.float32)
 
 
+def face_up(points_68: np.ndarray) -> np.ndarray:
+    """The face's own up direction, one outer-eye distance long (the template's unit)."""
+    m = similarity(TEMPLATE_68, points_68)
+    return m[:, :2] @ np.array([0.0, -1.0], np.float32)
+
+
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     p = np.asarray(points, np.float32)
     return (p @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from facefuse.geometry import LEFT_EYE, RIGHT_EYE, TEMPLATE_68, similarity
+from facefuse.geometry import LEFT_EYE, RIGHT_EYE, face_up
 from facefuse.masks.region import fill_polygon
 
 # Cheek patches under each eye and the nose bridge: skin on nearly every face, rarely under hair.
@@ -66,8 +66,7 @@ def source_hair(image: np.ndarray, points_68: np.ndarray, region: np.ndarray) ->
 
 def _upper_band(shape: tuple[int, int], points_68: np.ndarray) -> np.ndarray:
     """Pixels above the nose bridge (landmark 28), along the face's own up direction."""
-    m = similarity(TEMPLATE_68, points_68)
-    up = m[:, :2] @ np.array([0.0, -1.0], np.float32)
+    up = face_up(points_68)
     ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     x0, y0 = points_68[28]
     return (xs - x0) * up[0] + (ys - y0) * up[1] > 0

@@ -31,6 +31,7 @@ from facefuse.geometry import (
     RIGHT_EYE,
     TEMPLATE_68,
     blend,
+    face_up,
     similarity,
     transform_points,
 )
@@ -57,16 +58,15 @@ class MeshSettings:
     hide_hair: bool = True  # the source's hair across its brows or temples lets the target show through
 
 
-def _up(points_68: np.ndarray) -> np.ndarray:
-    """The face's own up direction, one eye distance long (template units are eye distances)."""
-    m = similarity(TEMPLATE_68, points_68)
-    return m[:, :2] @ np.array([0.0, -1.0], np.float32)
-
-
 def mesh_points(points_68: np.ndarray, forehead: float) -> np.ndarray:
     """The 68 landmarks plus one point above each brow point, along the face's own up direction."""
-    extra = points_68[BROW_IDX] + forehead * _up(points_68)
+    extra = points_68[BROW_IDX] + forehead * face_up(points_68)
     return np.vstack([points_68, extra]).astype(np.float32)
+
+
+def region_outline(mesh_pts: np.ndarray) -> np.ndarray:
+    """The swapped region's edge: the jaw, then back along the row above the brows."""
+    return np.vstack([mesh_pts[JAW], mesh_pts[68:][::-1]])
 
 
 def _template_mesh(forehead: float) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +107,7 @@ class MeshSwapper:
         x1, y1 = np.ceil(pts.max(0) + margin).astype(int)
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
         local = face.landmarks_68 - (x0, y0)
-        outline = np.vstack([pts[JAW], pts[68:][::-1]]) - (x0, y0)
+        outline = region_outline(pts) - (x0, y0)
         hidden = source_hair(crop, local, fill_polygon(crop.shape[:2], outline)) if st.hide_hair else None
         return SourceFace(
             face=face,
@@ -124,12 +124,12 @@ class MeshSwapper:
         # The region's top follows whichever brows sit higher, the target's own or the moved ones,
         # so no part of the target's brows is left under the soft edge to show as a second pair.
         own_top = mesh_points(target.landmarks_68, st.forehead)[68:]
-        up = _up(target.landmarks_68)
+        up = face_up(target.landmarks_68)
         higher = (own_top - tgt_pts[68:]) @ up > 0
         tgt_pts[68:][higher] = own_top[higher]
         src_pts = mesh_points(source.face.landmarks_68, st.forehead) - source.origin
 
-        outline = np.vstack([tgt_pts[JAW], tgt_pts[68:][::-1]])
+        outline = region_outline(tgt_pts)
         h, w = frame.shape[:2]
         x0, y0 = np.maximum(np.floor(outline.min(0)) - 2, 0).astype(int)
         x1, y1 = np.minimum(np.ceil(outline.max(0)) + 3, [w, h]).astype(int)
