@@ -221,8 +221,10 @@ def api(cluster: Cluster, shared: DirectoryStorage) -> Iterator[Api]:
 def outcome(delivery: AsyncResult) -> str:
     """How a task delivery ended, read by polling (no result subscription left behind)."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while delivery.state != "SUCCESS":
-        assert delivery.state in ("PENDING", "RETRY"), delivery.state
+    # Each .state is a fresh read from the backend: read it once per turn, or the task can
+    # finish between the loop test and the check and look like an unexpected state.
+    while (state := delivery.state) != "SUCCESS":
+        assert state in ("PENDING", "RETRY"), state
         assert time.monotonic() < deadline
         time.sleep(0.05)
     return delivery.result
