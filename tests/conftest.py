@@ -7,6 +7,7 @@ import importlib.util
 import io
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -14,8 +15,31 @@ import numpy as np
 import pytest
 
 _ROOT = Path(__file__).resolve().parents[1]
-_CANDIDATES = [_ROOT.parent / "shared" / "media", _ROOT / "shared" / "media"]
-MEDIA = Path(os.environ.get("FACEFUSE_MEDIA") or next((p for p in _CANDIDATES if p.exists()), _CANDIDATES[0]))
+
+
+def _origin_checkout(root: Path) -> Path | None:
+    """The local checkout this one was cloned from, if any: a scratch clone (say in /tmp) then finds
+    the media beside the working copy it came from, as CI's clone beside ../shared does directly."""
+    git = ["git", "-C", str(root), "remote", "get-url", "origin"]
+    try:
+        url = subprocess.run(git, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = Path(url.removeprefix("file://"))
+    return path.resolve() if path.is_absolute() and path.is_dir() else None
+
+
+def _find_media() -> Path:
+    if os.environ.get("FACEFUSE_MEDIA"):
+        return Path(os.environ["FACEFUSE_MEDIA"])
+    roots = [_ROOT]
+    if (origin := _origin_checkout(_ROOT)) is not None:
+        roots.append(origin)
+    candidates = [p for root in roots for p in (root.parent / "shared" / "media", root / "shared" / "media")]
+    return next((p for p in candidates if (p / "identities.csv").exists()), candidates[0])
+
+
+MEDIA = _find_media()
 if not (MEDIA / "identities.csv").exists():
     raise RuntimeError(f"test media not found at {MEDIA}; set FACEFUSE_MEDIA to the shared media folder")
 
