@@ -147,13 +147,14 @@ class MeshSwapper:
 
         src_img, factors = _matched_scale(source, iod)
         affines = _triangle_affines(local, src_pts * factors, tri)
-        warped = _piecewise_warp(src_img, index, affines)
+        maps = _warp_maps(index, affines)
+        warped = _remap(src_img, maps)
         shown = None
         if source.hidden is not None:
             hidden = source.hidden
             if hidden.shape[:2] != src_img.shape[:2]:
                 hidden = cv2.resize(hidden, src_img.shape[1::-1], interpolation=cv2.INTER_AREA)
-            shown = 1.0 - np.clip(_piecewise_warp(hidden, index, affines), 0.0, 1.0)
+            shown = 1.0 - np.clip(_remap(hidden, maps), 0.0, 1.0)
 
         region = fill_polygon(shape, outline - (x0, y0)) & (index >= 0)
         hole = mouth_interior(shape, target.landmarks_68 - (x0, y0), st.mouth_grow * iod)
@@ -241,8 +242,9 @@ def halvings(image: np.ndarray, min_side: int = 16) -> tuple[np.ndarray, ...]:
     return tuple(levels)
 
 
-def _piecewise_warp(image: np.ndarray, index: np.ndarray, affines: np.ndarray) -> np.ndarray:
-    """Pull each destination pixel from the source through its triangle's affine, in one remap."""
+def _warp_maps(index: np.ndarray, affines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each destination pixel comes from in the source, through its triangle's affine; made
+    once per frame and used for every image warped with the face (the source, its hidden mask)."""
     h, w = index.shape
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     a = affines[np.maximum(index, 0)]  # (h, w, 2, 3)
@@ -251,7 +253,11 @@ def _piecewise_warp(image: np.ndarray, index: np.ndarray, affines: np.ndarray) -
     outside = index < 0
     map_x[outside] = -1
     map_y[outside] = -1
-    return cv2.remap(image, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    return map_x, map_y
+
+
+def _remap(image: np.ndarray, maps: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    return cv2.remap(image, *maps, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
 
 
 def _masked_blur(parts: tuple[np.ndarray, ...], sigma: float) -> list[np.ndarray]:
