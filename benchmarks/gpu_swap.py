@@ -11,10 +11,11 @@ this checkout if facefuse is not installed. Without a CUDA GPU the GPU run print
 GPU (fp16): for each batch size, the baseline is a bare eager fp16 network written with plain
 torch.nn layers, inputs already on the GPU, no host copies. facefuse's rows go through
 `TorchInswapper.run(numpy) -> numpy`, the path the swapper uses, host<->device copies included:
-  eager    no CUDA graphs, no compilation
-  graphs   one CUDA graph per batch bucket (the default on CUDA)
-  graphs-cl  the same with channels-last memory layout
-  compile  torch.compile (--compile-mode) under the CUDA graphs
+  eager       no CUDA graphs, no compilation, NCHW like the bare network
+  graphs      one CUDA graph per batch bucket, NCHW
+  graphs-cl   the same with channels-last (NHWC) activations: what `--swapper-backend torch` runs
+  compile     torch.compile (--compile-mode) under the CUDA graphs, NCHW
+  compile-cl  the same, channels-last: what `--swapper-backend torch-compile` runs
 Ratios are facefuse / bare: below 1.00 is faster than the bare network. cuDNN autotuning
 (cudnn.benchmark) is on for every row alike. Figures only; nothing passes or fails.
 """
@@ -42,6 +43,9 @@ def _facefuse_module(name: str):
         return importlib.import_module(f"facefuse.swap.{name}")
     except ImportError:
         # facefuse.swap's package __init__ pulls in dlib/OpenCV; these two modules need neither.
+        # Loaded once: a second copy would have its own OnnxWeights class, failing isinstance.
+        if (loaded := sys.modules.get(f"facefuse_{name}")) is not None:
+            return loaded
         sys.path.insert(0, str(REPO / "src"))
         spec = importlib.util.spec_from_file_location(
             f"facefuse_{name}", REPO / "src/facefuse/swap" / f"{name}.py"
@@ -176,10 +180,11 @@ def run_gpu(args, torch, weights, out: dict) -> None:
 
     for v in variants:
         kwargs = {
-            "eager": {"cuda_graphs": False},
-            "graphs": {"cuda_graphs": True},
+            "eager": {"cuda_graphs": False, "channels_last": False},
+            "graphs": {"cuda_graphs": True, "channels_last": False},
             "graphs-cl": {"cuda_graphs": True, "channels_last": True},
-            "compile": {"cuda_graphs": True, "compile": args.compile_mode or True},
+            "compile": {"cuda_graphs": True, "channels_last": False, "compile": args.compile_mode or True},
+            "compile-cl": {"cuda_graphs": True, "channels_last": True, "compile": args.compile_mode or True},
         }.get(v)
         if kwargs is None:
             print(f"unknown variant {v!r}; skipped")
@@ -254,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes (GPU; default 1,16,64)")
     p.add_argument("--repeat", type=int, default=None, help="timed calls per figure (default 20 GPU, 3 CPU)")
-    p.add_argument("--variants", default="eager,graphs,graphs-cl,compile", help="facefuse rows (GPU)")
+    variants = "eager,graphs,graphs-cl,compile,compile-cl"
+    p.add_argument("--variants", default=variants, help="facefuse rows (GPU)")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (default: its default mode)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")

@@ -285,19 +285,35 @@ def test_missing_and_truncated_files_get_the_onnxruntime_paths_exit_codes(tmp_pa
     not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
 )
 def test_cuda_fp16_graphs_match_onnxruntime(weights: OnnxWeights, faces, ort_out: np.ndarray) -> None:
-    eager = TorchInswapper(weights, device="cuda", cuda_graphs=False)
+    eager = TorchInswapper(weights, device="cuda", cuda_graphs=False, channels_last=False)
     graphed = TorchInswapper(weights, device="cuda", cuda_graphs=True, buckets=(1, 2, 4))
-    assert graphed.dtype == torch.float16
+    # The default on CUDA: fp16, NHWC activations (faster tensor-core convolutions).
+    assert graphed.dtype == torch.float16 and graphed.memory_format == torch.channels_last
     target, latent = faces
     for n in (1, 3):
         e = eager.run(target[:n], latent[:n])
         g = graphed.run(target[:n], latent[:n])
+        assert g.flags.c_contiguous and g.shape == (n, 3, 128, 128)  # NCHW out, whatever ran inside
         np.testing.assert_allclose(e, ort_out[:n], atol=2e-2)
-        np.testing.assert_allclose(g, e, atol=2e-3)
+        np.testing.assert_allclose(g, e, atol=8e-3)  # NHWC vs NCHW kernels: fp16 rounding
     # A second replay must not hand back the first call's buffer.
     first = graphed.run(target[:1], latent[:1])
     second = graphed.run(target[1:2], latent[1:2])
     assert np.abs(first - second).max() > 0.05
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
+)
+def test_cuda_compiled_graphs_match_onnxruntime(weights: OnnxWeights, faces, ort_out: np.ndarray) -> None:
+    # What `--swapper-backend torch-compile` builds: torch.compile under CUDA graphs, NHWC.
+    compiled = TorchInswapper(weights, device="cuda", compile=True, buckets=(2,))
+    target, latent = faces
+    first = compiled.run(target[:1], latent[:1])
+    both = compiled.run(target[:2], latent[:2])
+    np.testing.assert_allclose(both, ort_out[:2], atol=2e-2)
+    np.testing.assert_allclose(first, both[:1], atol=4e-3)  # a padded bucket row changes nothing
+    assert np.abs(both[0] - both[1]).max() > 0.05
 
 
 def test_cudnn_autotune_is_scoped_and_restores_the_process_setting() -> None:

@@ -84,15 +84,19 @@ def test_replica_swaps_a_real_photo_through_the_cli(onnx_run, pipe, images) -> N
     assert (inner > 8).mean() > 0.5 and inner.mean() > 20
 
 
-def test_torch_backend_matches_onnx_through_the_cli(onnx_run, models, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("backend", "how"), [("torch", "fp32"), ("torch-compile", "fp32 without compilation")]
+)
+def test_torch_backend_matches_onnx_through_the_cli(onnx_run, models, tmp_path: Path, backend, how) -> None:
     import torch
 
     out = tmp_path / "out.png"
-    proc = run_cli(tmp_path / "config", *_swap_args(models, out, "--swapper-backend", "torch", "--json"))
+    proc = run_cli(tmp_path / "config", *_swap_args(models, out, "--swapper-backend", backend, "--json"))
     assert proc.returncode == 0, proc.stderr
     if not torch.cuda.is_available():
         assert proc.stderr.splitlines() == [
-            "facefuse: warning: --swapper-backend torch: PyTorch sees no CUDA GPU; running on the CPU in fp32"
+            f"facefuse: warning: --swapper-backend {backend}: "
+            f"PyTorch sees no CUDA GPU; running on the CPU in {how}"
         ]
     onnx_out, torch_out = read_image(onnx_run[1]).astype(int), read_image(out).astype(int)
     assert np.abs(onnx_out - torch_out).max() <= 1  # fp32 on both; fp16 on a GPU would differ more
@@ -121,6 +125,8 @@ def test_backend_choices_are_checked() -> None:
         ModelChoice(swapper="inswapper_128", swapper_backend="tf")
     with pytest.raises(ValueError, match="runs inswapper_128 and inswapper_128_fp16 only, not simswap_256"):
         ModelChoice(swapper="simswap_256", swapper_backend="torch")
+    with pytest.raises(ValueError, match="torch-compile swapper backend runs inswapper_128"):
+        ModelChoice(swapper="simswap_256", swapper_backend="torch-compile")
     choice = ModelChoice(swapper="inswapper_128_fp16", swapper_backend="torch")
     assert choice.key()["swapper_backend"] == "torch"  # in a resumable video job's manifest
 

@@ -281,6 +281,7 @@ class TorchInswapper:
     buckets: fixed batch sizes that batches are padded to when graphs or compilation are on, so
         each shape is captured/compiled once; larger batches are split into chunks of the largest.
     warn: called with a one-line message when an asked-for device is unavailable (default: warnings.warn).
+    channels_last: NHWC activations; by default on CUDA (faster fp16 convolutions), off on CPU.
     pad_to_buckets: force bucketing on (or off); by default it is on exactly when graphs or
         compilation are, since eager kernels take any batch size and padding only costs there.
     """
@@ -293,7 +294,7 @@ class TorchInswapper:
         cuda_graphs: bool = True,
         compile: bool | str = False,
         buckets: Sequence[int] = DEFAULT_BUCKETS,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         pad_to_buckets: bool | None = None,
         warn: Callable[[str], None] | None = None,
     ) -> None:
@@ -302,6 +303,9 @@ class TorchInswapper:
         self.device = pick_device(device, warn)
         cuda = self.device.type == "cuda"
         self.dtype = dtype or (torch.float16 if cuda else torch.float32)
+        # cuDNN's fp16 tensor-core convolutions work in NHWC: with NCHW activations each conv pays for
+        # layout transposes (graphs 0.95x -> 0.69x the bare NCHW network's time at batch 64, H100).
+        channels_last = cuda if channels_last is None else channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net_from_weights(weights).to(self.device, self.dtype, memory_format=self.memory_format)
         self._fn = self.net
@@ -351,7 +355,12 @@ class TorchInswapper:
                 # A CUDA graph's output buffer is overwritten by the next replay: always copy it out.
                 # and torch.compile's "reduce-overhead" mode replays graphs of its own: copy out.
                 reused = self.cuda_graphs or self.compiled
-                out.append(o.float() if o.dtype != torch.float32 else o.clone() if reused else o)
+                if o.dtype != torch.float32 or not o.is_contiguous():
+                    # One kernel converts to fp32 NCHW and, being a copy, leaves the reused buffer.
+                    o = o.to(torch.float32, memory_format=torch.contiguous_format)
+                elif reused:
+                    o = o.clone()
+                out.append(o)
         return torch.cat(out) if len(out) != 1 else out[0]
 
     def run(self, target: np.ndarray, latent: np.ndarray) -> np.ndarray:
