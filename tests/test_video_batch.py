@@ -103,7 +103,7 @@ def _video_run(pipe: Pipeline, video: Path, out: Path, batch_frames: int) -> lis
     job = VideoJob(
         media.probe(video),
         out,
-        # Lossless: the decoded frames are then exactly what the swapper produced. x264 is not
+        # Lossless: the decoded frames are then exactly the yuv420p frames handed to the encoder. x264 is not
         # repeatable here (about 1 encode in 100 of the same frames differs by a few levels), so
         # a lossy encode would let the encoder's noise fail a batching test now and then.
         VideoOptions(workers=1, segment_frames=6, encoder=media.EncoderSettings(crf=0)),

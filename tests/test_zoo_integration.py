@@ -159,3 +159,29 @@ def test_cli_torch_backend_without_torch_is_one_line_exit_26(models, tmp_path: P
     line = assert_one_line_error(proc, ExitCode.BACKEND_UNAVAILABLE, "PyTorch", "facefuse[gpu]")
     assert "--swapper-backend onnx" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("backend", "compiled"), [("torch", False), ("torch-compile", True)])
+def test_torch_compile_backend_compiles_on_a_gpu(models, monkeypatch, backend, compiled) -> None:
+    """What runs where no GPU is: the backend a GPU machine would build, with PyTorch told it has one."""
+    import torch
+
+    import facefuse.swap.inswapper_torch as inswapper_torch
+    from facefuse.zoo import Zoo
+
+    made: list[dict] = []
+
+    class Recorder:
+        def __init__(self, path, **kwargs) -> None:
+            made.append(kwargs)
+            self.emap = np.eye(512, dtype=np.float32)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(inswapper_torch, "TorchInswapper", Recorder)
+    store = ModelStore(default_registry(), models["inswapper_128"].parent, overrides=models, verify=False)
+    said: list[str] = []
+    zoo = Zoo(
+        SessionPool(store, warn=said.append), ModelChoice(swapper="inswapper_128", swapper_backend=backend)
+    )
+    zoo._inswapper_net()
+    assert made == [{"device": "cuda", "compile": compiled}] and said == []

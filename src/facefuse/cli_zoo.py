@@ -48,8 +48,8 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
         default="onnx",
         help="what runs inswapper_128(_fp16): onnx (onnxruntime, the execution providers below), torch "
         "(PyTorch: CUDA fp16 with CUDA graphs on a GPU, else CPU fp32; needs the `gpu` extra) or "
-        "torch-compile (the same under torch.compile: ~40 s to start, then about twice as fast on "
-        "batched video faces) (default onnx)",
+        "torch-compile (the same under torch.compile: 10-25 s to compile each batch size the first time "
+        "it is met, then about twice as fast on batched video faces) (default onnx)",
     )
     group.add_argument("--enhancer", choices=list(ENHANCERS), help="restore each swapped face afterwards")
     group.add_argument(

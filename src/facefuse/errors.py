@@ -71,7 +71,7 @@ EXIT_CODE_HELP = {
     ExitCode.MODEL_UNKNOWN: "no model of that name (see `facefuse models list`)",
     ExitCode.MODEL_DOWNLOAD_FAILED: "a model download failed (rerun to resume it)",
     ExitCode.MODEL_UNSUPPORTED: "a model file is not the architecture the chosen backend implements",
-    ExitCode.BACKEND_UNAVAILABLE: "--swapper-backend torch needs PyTorch (pip install 'facefuse[gpu]')",
+    ExitCode.BACKEND_UNAVAILABLE: "the torch swapper backends need PyTorch (pip install 'facefuse[gpu]')",
     ExitCode.SERVICE_CONFIG: "serve: the settings cannot work (e.g. a non-local --host without API keys)",
     ExitCode.SERVICE_DATA_DIR: "serve: the data folder cannot be created or written",
     ExitCode.SERVICE_START: "serve: the port is in use or cannot be bound, or start-up failed",

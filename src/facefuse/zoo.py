@@ -212,15 +212,16 @@ class Zoo:
             if exc.name != "torch":
                 raise
             raise BackendUnavailable(
-                "--swapper-backend torch needs PyTorch, which is not installed: "
+                f"--swapper-backend {self.choice.swapper_backend} needs PyTorch, which is not installed: "
                 "pip install 'facefuse[gpu]' (or use --swapper-backend onnx)"
             ) from None
         import torch
 
         backend = self.choice.swapper_backend
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        # Compilation pays off on the GPU only (0.42x the bare network at batch 64 on an H100, after
-        # ~40 s of start-up); on the CPU it would need a C++ toolchain for no measured gain.
+        # Compilation pays off on the GPU only (0.40x the bare network at batch 64 on an H100, where
+        # each batch size costs 10-25 s to compile the first time it is met); on the CPU it was not
+        # measured to gain anything and would need a C++ toolchain.
         compile = backend == "torch-compile" and device == "cuda"
         if device == "cpu":
             how = "fp32 without compilation" if backend == "torch-compile" else "fp32"

@@ -281,7 +281,8 @@ class TorchInswapper:
     buckets: fixed batch sizes that batches are padded to when graphs or compilation are on, so
         each shape is captured/compiled once; larger batches are split into chunks of the largest.
     warn: called with a one-line message when an asked-for device is unavailable (default: warnings.warn).
-    channels_last: NHWC activations; by default on CUDA (faster fp16 convolutions), off on CPU.
+    channels_last: NHWC activations; by default on for CUDA in half precision (faster tensor-core
+        convolutions), off otherwise.
     pad_to_buckets: force bucketing on (or off); by default it is on exactly when graphs or
         compilation are, since eager kernels take any batch size and padding only costs there.
     """
@@ -305,7 +306,8 @@ class TorchInswapper:
         self.dtype = dtype or (torch.float16 if cuda else torch.float32)
         # cuDNN's fp16 tensor-core convolutions work in NHWC: with NCHW activations each conv pays for
         # layout transposes (graphs 0.95x -> 0.69x the bare NCHW network's time at batch 64, H100).
-        channels_last = cuda if channels_last is None else channels_last
+        half = self.dtype in (torch.float16, torch.bfloat16)
+        channels_last = (cuda and half) if channels_last is None else channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net_from_weights(weights).to(self.device, self.dtype, memory_format=self.memory_format)
         self._fn = self.net
