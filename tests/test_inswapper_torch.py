@@ -316,6 +316,21 @@ def test_cuda_compiled_graphs_match_onnxruntime(weights: OnnxWeights, faces, ort
     assert np.abs(both[0] - both[1]).max() > 0.05
 
 
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
+)
+def test_cuda_run_tensors_results_outlive_the_next_replay(weights: OnnxWeights, faces) -> None:
+    # run() always copies to the host; run_tensors hands back device tensors, which must not be the
+    # graph's output buffer that the next replay overwrites.
+    graphed = TorchInswapper(weights, device="cuda", buckets=(1,))
+    target, latent = (torch.from_numpy(a) for a in faces)
+    first = graphed.run_tensors(target[:1], latent[:1])
+    kept = first.clone()
+    graphed.run_tensors(target[1:2], latent[1:2])
+    assert first.dtype == torch.float32 and first.is_contiguous()
+    assert torch.equal(first, kept)
+
+
 def test_cudnn_autotune_is_scoped_and_restores_the_process_setting() -> None:
     before = torch.backends.cudnn.benchmark
     try:

@@ -339,22 +339,23 @@ def _match_tone(
     blurs; one result per blur scale in `sigmas` (the masked products are shared between them).
 
     A gain (rather than a shift) keeps the judge-visible skin contrast of the source and scored
-    better on identity; it is bounded so a deep source shadow is not lifted into noise. The bounds
-    sit around the face's overall gain (within 3x either way), not around 1, so a source or target
-    that is simply under- or overexposed still gets the whole correction.
+    better on identity; it is bounded so a deep source shadow is not lifted into noise. The upper
+    bound rises with the face's overall gain, so an underexposed source still gets the whole lift.
     """
     src = warped.astype(np.float32) + 1.0
     tgt = target.astype(np.float32) + 1.0
     w = weight[..., None]
     parts = (np.concatenate([src * w, w], axis=2), tgt * w)
-    # The bounds widen to take in the face's overall gain: an underexposed source (or target)
-    # needs a large gain everywhere, and the fixed bounds clipped it unevenly per channel into a
-    # blotchy, off-colour face (tone delta-E 13 on a source at 0.45x exposure, 2.1 now).
+    # The upper bound widens to take in the face's overall gain: an underexposed source needs a
+    # large gain everywhere, and a fixed bound clipped it unevenly per channel into a blotchy,
+    # off-colour face (tone delta-E 13 on a source at 0.45x exposure, 2.1 now).
     mass = np.array(cv2.sumElems(parts[0])[:3])
     overall = np.array(cv2.sumElems(parts[1])[:3]) / mass if mass.min() > 0 else np.ones(3)
-    # Capped at 8x either way: a channel that is all but black in the source (strong coloured light)
-    # would otherwise have its sensor noise lifted into coloured speckle.
-    lo = np.clip(overall / 3.0, 1 / 8, 0.33)
+    # The lower bound stays put: darkening a face further towards a dark target cost identity (a
+    # small shaded face in a group photo went from 0.08 nearer the source to 0.01 nearer its own
+    # person). The upper one stops at 8x: a channel that is all but black in the source (strong
+    # coloured light) would have its sensor noise lifted into coloured speckle.
+    lo = np.full(3, 0.33)
     hi = np.clip(overall * 3.0, 3.0, 8.0)
     # Per-channel bounds through OpenCV's scalar min/max: numpy's clip with array bounds is several
     # times slower.
