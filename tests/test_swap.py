@@ -28,6 +28,15 @@ def swap(pipe, images):
     return run
 
 
+def _lab_mean(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(img, cv2.COLOR_RGB2LAB)[mask].astype(float).mean(0)
+
+
+def _inner_face(shape, tface) -> np.ndarray:
+    pts = tface.landmarks_68
+    return fill_polygon(shape[:2], np.vstack([pts[3:14], pts[17:27][::-1]])).astype(bool)
+
+
 PAIRS = [
     ("images/kit_harington1.jpg", "images/obama3.jpg"),
     ("images/kit_harington1.jpg", "images/biden2.jpg"),
@@ -92,14 +101,11 @@ def test_tone_follows_the_target(swap, images):
     out, tface, sface = swap("images/biden.jpg", "images/obama2.jpg")
     inner = fill_polygon(out.shape[:2], tface.landmarks_68[[1, 2, 3, 13, 14, 15, 35, 31]]).astype(bool)
 
-    def lab_mean(img, mask):
-        return cv2.cvtColor(img, cv2.COLOR_RGB2LAB)[mask].astype(float).mean(0)
-
     src_img = images("images/biden.jpg")
     src_mask = fill_polygon(src_img.shape[:2], sface.landmarks_68[[1, 2, 3, 13, 14, 15, 35, 31]]).astype(bool)
-    tgt_lab = lab_mean(images("images/obama2.jpg"), inner)
-    assert np.linalg.norm(lab_mean(out, inner) - tgt_lab) < 0.5 * np.linalg.norm(
-        lab_mean(src_img, src_mask) - tgt_lab
+    tgt_lab = _lab_mean(images("images/obama2.jpg"), inner)
+    assert np.linalg.norm(_lab_mean(out, inner) - tgt_lab) < 0.5 * np.linalg.norm(
+        _lab_mean(src_img, src_mask) - tgt_lab
     )
 
 
@@ -107,8 +113,7 @@ def test_fine_detail_is_matched_to_the_target(swap, images):
     """A small source on a large, sharp target must not look soft (Lin-Manuel onto Biden's close-up)."""
     out, tface, sface = swap("images/lin-manuel-miranda.png", "images/biden.jpg")
     target = images("images/biden.jpg")
-    pts = tface.landmarks_68
-    inner = fill_polygon(out.shape[:2], np.vstack([pts[3:14], pts[17:27][::-1]])).astype(bool)
+    inner = _inner_face(out.shape, tface)
 
     def fine(img):
         g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
@@ -155,15 +160,6 @@ def test_a_big_source_shrunk_through_its_halvings_swaps_like_a_direct_shrink(pip
     assert changed.sum() > 500
     psnr = 10 * np.log10(255**2 / max(float(np.mean(diff**2)), 1e-6))
     assert psnr > 35, "the same picture, only filtered in two steps (a misplaced mesh would be far off)"
-
-
-def _lab_mean(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(img, cv2.COLOR_RGB2LAB)[mask].astype(float).mean(0)
-
-
-def _inner_face(shape, tface) -> np.ndarray:
-    pts = tface.landmarks_68
-    return fill_polygon(shape[:2], np.vstack([pts[3:14], pts[17:27][::-1]])).astype(bool)
 
 
 def test_an_underexposed_source_gives_the_same_face_as_a_well_exposed_one(pipe, images):

@@ -222,13 +222,13 @@ class Zoo:
         # Compilation pays off on the GPU only (0.40x the bare network at batch 64 on an H100, where
         # each batch size costs 10-25 s to compile the first time it is met); on the CPU it was not
         # measured to gain anything and would need a C++ toolchain.
-        compile = backend == "torch-compile" and device == "cuda"
+        compiled = backend == "torch-compile" and device == "cuda"
         if device == "cpu":
             how = "fp32 without compilation" if backend == "torch-compile" else "fp32"
             self.pool.warn(
                 f"--swapper-backend {backend}: PyTorch sees no CUDA GPU; running on the CPU in {how}"
             )
-        net = TorchInswapper(self.pool.store.path(name), device=device, compile=compile)
+        net = TorchInswapper(self.pool.store.path(name), device=device, compile=compiled)
         return net, net.emap
 
     def enhancer(self):

@@ -285,6 +285,10 @@ def _fine(gray: np.ndarray, sigma: float) -> np.ndarray:
     return gray - cv2.GaussianBlur(gray, (0, 0), sigma)
 
 
+def _energy(fine: np.ndarray, inside: np.ndarray) -> float:
+    return float(np.abs(fine[inside]).mean())
+
+
 # Source blurs tried, smallest first, when the target is far softer: multiples of the detail band's
 # own scale, so a close-up is softened as much, relative to its size, as a small face.
 _SOFTEN_STEPS = (0.3, 0.45, 0.65, 0.9, 1.3, 1.8, 2.5)
@@ -306,8 +310,8 @@ def _match_detail(
     g_src = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     g_tgt = cv2.cvtColor(target, cv2.COLOR_RGB2GRAY).astype(np.float32)
     f_src = _fine(g_src, sigma)
-    e_src = float(np.abs(f_src[inside]).mean())
-    e_tgt = float(np.abs(_fine(g_tgt, sigma)[inside]).mean())
+    e_src = _energy(f_src, inside)
+    e_tgt = _energy(_fine(g_tgt, sigma), inside)
     if e_src < 1e-3:
         return image
     if e_tgt < 0.5 * e_src and amount > 0:
@@ -319,13 +323,12 @@ def _match_detail(
         for step in _SOFTEN_STEPS:
             radius = step * sigma * amount
             f_soft = _fine(cv2.GaussianBlur(g_src, (0, 0), radius), sigma)
-            e_soft = max(float(np.abs(f_soft[inside]).mean()), 1e-6)
-            tried.append((abs(np.log(e_soft / e_tgt)), radius, f_soft))
+            e_soft = _energy(f_soft, inside)
+            tried.append((abs(np.log(max(e_soft, 1e-6) / e_tgt)), radius, f_soft, e_soft))
             if e_soft <= e_tgt:
                 break
-        _, radius, f_src = min(tried, key=lambda t: t[0])
+        _, radius, f_src, e_src = min(tried, key=lambda t: t[0])
         image = cv2.GaussianBlur(image, (0, 0), radius)
-        e_src = float(np.abs(f_src[inside]).mean())
         if e_src < 1e-3:
             return image
     gain = float(np.clip(e_tgt / e_src, 0.6, 2.2)) ** amount
@@ -348,18 +351,16 @@ def _match_tone(
     parts = (np.concatenate([src * w, w], axis=2), tgt * w)
     # The upper bound widens to take in the face's overall gain: an underexposed source needs a
     # large gain everywhere, and a fixed bound clipped it unevenly per channel into a blotchy,
-    # off-colour face (tone delta-E 13 on a source at 0.45x exposure, 2.1 now).
-    mass = np.array(cv2.sumElems(parts[0])[:3])
-    overall = np.array(cv2.sumElems(parts[1])[:3]) / mass if mass.min() > 0 else np.ones(3)
+    # off-colour face (tone delta-E 13 on a source at 0.45x exposure, 2.1 now). It stops at 8x: a
+    # channel all but black in the source (strong coloured light) would be lifted into speckle.
     # The lower bound stays put: darkening a face further towards a dark target cost identity (a
     # small shaded face in a group photo went from 0.08 nearer the source to 0.01 nearer its own
-    # person). The upper one stops at 8x: a channel that is all but black in the source (strong
-    # coloured light) would have its sensor noise lifted into coloured speckle.
-    lo = np.full(3, 0.33)
-    hi = np.clip(overall * 3.0, 3.0, 8.0)
-    # Per-channel bounds through OpenCV's scalar min/max: numpy's clip with array bounds is several
-    # times slower.
-    lo4, hi4 = (*map(float, lo), 0.0), (*map(float, hi), 0.0)
+    # person). Bounds go to OpenCV as per-channel scalars: numpy's clip with array bounds is
+    # several times slower.
+    mass = np.array(cv2.sumElems(parts[0])[:3])
+    overall = np.array(cv2.sumElems(parts[1])[:3]) / mass if mass.min() > 0 else np.ones(3)
+    lo4 = (0.33, 0.33, 0.33, 0.0)
+    hi4 = (*np.clip(overall * 3.0, 3.0, 8.0).tolist(), 0.0)
     out = []
     for sigma in sigmas:
         src_low, tgt_low = _masked_blur(parts, sigma)
