@@ -175,6 +175,18 @@ def test_an_underexposed_source_gives_the_same_face_as_a_well_exposed_one(pipe, 
     assert np.linalg.norm(_lab_mean(darker, inner) - _lab_mean(normal, inner)) < 1.0  # was 12.6
 
 
+def test_a_face_on_a_very_dark_target_is_as_dark_as_the_target(pipe, images):
+    """A target in deep shadow (gamma 1.8 at 0.7x) needs the face darkened past 3x: a fixed lower
+    bound on the gain left it lit and grey in a dark photo (13 levels of 8-bit lightness here)."""
+    src, tgt = images("images/kit_harington1.jpg"), images("images/obama3.jpg")
+    dark = np.clip(255 * (tgt.astype(np.float32) / 255) ** 1.8 * 0.7, 0, 255).astype(np.uint8)
+    sface = pipe.analyser.analyse(src, largest_only=True)[0]
+    tface = pipe.analyser.analyse(tgt, largest_only=True)[0]
+    out = pipe.swapper.swap(dark, tface, pipe.swapper.prepare(src, sface))
+    inner = _inner_face(tgt.shape, tface)
+    assert abs(_lab_mean(out, inner)[0] - _lab_mean(dark, inner)[0]) < 4.0
+
+
 def test_a_sharp_source_on_a_soft_target_is_softened_to_match(pipe, images):
     """An out-of-focus target gets a face as soft as itself, not a crisp one pasted on: scaling only
     the finest band left it 1.5x the target's fine detail here, a sharpness step the eye sees."""

