@@ -82,3 +82,42 @@ def test_the_target_shows_where_the_source_has_hair(pipe, source, images):
         np.abs(hidden[lands].astype(int) - target[lands]).mean()
         < 0.5 * np.abs(pasted[lands].astype(int) - target[lands]).mean()
     )
+
+
+def _with_fringe(image, points):
+    """A fringe of hair from the top of the swapped region down to just above one brow, as bangs
+    fall; returns the image and the fringe's own pixels."""
+    iod = float(np.linalg.norm(points[45] - points[36]))
+    top = mesh_points(points, MeshSettings().forehead)[68:]
+    up = top[2] - points[19]
+    path = np.array([top[0] + 0.4 * up, top[2] + 0.4 * up, points[20] + 0.25 * up, points[18] + 0.25 * up])
+    fringe = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillConvexPoly(fringe, np.round(path).astype(np.int32), 1)
+    cv2.polylines(fringe, [np.round(path[:2]).astype(np.int32)], False, 1, max(3, round(0.1 * iod)))
+    out = image.copy()
+    out[fringe > 0] = HAIR_RGB
+    return out, fringe.astype(bool)
+
+
+def test_the_targets_own_fringe_stays_in_front_of_the_new_face(pipe, images):
+    """Bangs across the target's forehead are kept; without this the source's forehead was painted
+    over them (a girl's fringe in a group photo became a brown smear)."""
+    source = images("images/kit_harington1.jpg")
+    sface = pipe.analyser.analyse(source, largest_only=True)[0]
+    clean = images("images/obama.jpg")
+    tface = pipe.analyser.analyse(clean, largest_only=True)[0]
+    target, fringe = _with_fringe(clean, tface.landmarks_68)
+
+    keeping, painting = MeshSwapper(), MeshSwapper(MeshSettings(keep_target_hair=False))
+    kept = keeping.swap(target, tface, keeping.prepare(source, sface))
+    painted = painting.swap(target, tface, painting.prepare(source, sface))
+
+    # The fringe pixels the swap would reach: those that change when nothing keeps them.
+    reached = fringe & (np.abs(painted.astype(int) - target).max(2) > 40)
+    assert reached.sum() > 200
+    assert np.abs(kept[reached].astype(int) - target[reached]).mean() < 10
+    # The rest of the face is still swapped.
+    face = _region(target, tface.landmarks_68).astype(bool) & ~cv2.dilate(
+        fringe.astype(np.uint8), np.ones((41, 41))
+    ).astype(bool)
+    assert np.abs(kept[face].astype(int) - painted[face]).mean() < 2

@@ -9,6 +9,11 @@ to the edge through skin, and are held out besides, so a brow crossed by a stran
 pixels. The band stops at the nose bridge because below it a beard is part of the face, not hair to
 hide; side lighting is why darkness alone must be deep (shadowed skin keeps its chroma, and a
 shadow darker than this is rare on a source chosen for its quality).
+
+The target is searched the same way, but only in the strip between its brows and the top of the
+swapped region: bangs or a fringe there stay in front of the new face. Below the brows the target is
+not searched: a side-lit target's shadowed cheek reads as "far darker" and was kept, which cost
+landmark error.
 """
 
 from __future__ import annotations
@@ -32,36 +37,77 @@ _MIN_AREA = 0.004  # hidden area below this fraction of the eye distance squared
 def source_hair(image: np.ndarray, points_68: np.ndarray, region: np.ndarray) -> np.ndarray | None:
     """A float32 mask (1 = hair) over `image`, inside the uint8 `region` the swap will copy from,
     or None when no hair crosses it."""
-    h, w = image.shape[:2]
-    iod = float(np.linalg.norm(points_68[45] - points_68[36]))
-    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float32)
+    return _hair(image, points_68, region, _upper_band(image.shape[:2], points_68))
 
-    skin_mask = np.zeros((h, w), np.uint8)
-    for idx in _SKIN_PATCHES:
-        skin_mask |= fill_polygon((h, w), cv2.convexHull(points_68[idx].astype(np.float32)).reshape(-1, 2))
-    skin = lab[skin_mask > 0]
-    if len(skin) < 20:
+
+def target_hair(
+    image: np.ndarray, points_68: np.ndarray, region: np.ndarray, forehead: np.ndarray
+) -> np.ndarray | None:
+    """A float32 mask (1 = hair) of the target's own hair across the `forehead` strip (a bool mask
+    between the brows and the region's top), or None when none crosses it."""
+    return _hair(image, points_68, region, forehead)
+
+
+def _hair(image: np.ndarray, points: np.ndarray, region: np.ndarray, band: np.ndarray) -> np.ndarray | None:
+    iod = float(np.linalg.norm(points[45] - points[36]))
+    skin = _skin_lab(image, points)
+    if skin is None:
         return None
     light = float(np.median(skin[:, 0]))
     chroma = np.median(skin[:, 1:], axis=0)
     spread = np.maximum(np.percentile(np.abs(skin[:, 1:] - chroma), 90, axis=0), 3.0)
+
+    # Only the band's neighbourhood is looked at (per frame on a target, the band is a thin strip);
+    # the margin leaves room for the mask's growth and blur below.
+    grow = max(1, round(0.02 * iod))
+    bx, by, bw, bh = cv2.boundingRect((band & (region > 0)).astype(np.uint8))
+    if bw == 0 or bh == 0:
+        return None
+    h, w = image.shape[:2]
+    pad = 4 * grow + 2
+    x0, y0 = max(0, bx - pad), max(0, by - pad)
+    x1, y1 = min(w, bx + bw + pad), min(h, by + bh + pad)
+    win = (slice(y0, y1), slice(x0, x1))
+    lab = cv2.cvtColor(np.ascontiguousarray(image[win]), cv2.COLOR_RGB2LAB).astype(np.float32)
+    local = points - (x0, y0)
+    sub_region = np.ascontiguousarray(region[win])
+
     far = np.linalg.norm((lab[..., 1:] - chroma) / spread, axis=2) > _CHROMA_SPREADS
-    hair = (far | (lab[..., 0] < _DARK * light)) & (region > 0) & _upper_band((h, w), points_68)
-    hair &= _features((h, w), points_68, iod) == 0
+    hair = (far | (lab[..., 0] < _DARK * light)) & (sub_region > 0) & band[win]
+    hair &= _features(lab.shape[:2], local, iod) == 0
     if not hair.any():
         return None
 
-    rim = region - cv2.erode(region, np.ones((3, 3), np.uint8))
+    rim = sub_region - cv2.erode(sub_region, np.ones((3, 3), np.uint8))
     _, labels = cv2.connectedComponents(hair.astype(np.uint8))
     touching = np.unique(labels[(rim > 0) & hair])
     hair = np.isin(labels, touching[touching > 0])
     if hair.sum() < _MIN_AREA * iod * iod:
         return None
     # A little wider and soft-edged, so the strand's anti-aliased fringe goes with it.
-    grow = max(1, round(0.02 * iod))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
-    mask = cv2.dilate(hair.astype(np.float32), kernel)
-    return cv2.GaussianBlur(mask, (0, 0), grow)
+    mask = np.zeros((h, w), np.float32)
+    mask[win] = cv2.GaussianBlur(cv2.dilate(hair.astype(np.float32), kernel), (0, 0), grow)
+    return mask
+
+
+def _skin_lab(image: np.ndarray, points_68: np.ndarray) -> np.ndarray | None:
+    """Lab values of the cheek and nose-bridge patches, or None when they are too small to trust."""
+    pts = points_68[np.concatenate(_SKIN_PATCHES)]
+    h, w = image.shape[:2]
+    x0, y0 = np.clip(np.floor(pts.min(0)).astype(int), 0, [w, h])
+    x1, y1 = np.clip(np.ceil(pts.max(0)).astype(int) + 1, 0, [w, h])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    local = points_68 - (x0, y0)
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    for idx in _SKIN_PATCHES:
+        mask |= fill_polygon(mask.shape, cv2.convexHull(local[idx].astype(np.float32)).reshape(-1, 2))
+    lab = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1]), cv2.COLOR_RGB2LAB).astype(np.float32)
+    skin = lab[mask > 0]
+    # A few thousand pixels fix a median as well as all of them; a close-up has tens of thousands.
+    skin = skin[:: max(1, len(skin) // 4000)]
+    return skin if len(skin) >= 20 else None
 
 
 def _upper_band(shape: tuple[int, int], points_68: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from facefuse.geometry import (
     transform_points,
 )
 from facefuse.masks import depth, feather, fill_polygon, mouth_interior, ramp_in
-from facefuse.masks.hair import source_hair
+from facefuse.masks.hair import source_hair, target_hair
 from facefuse.swap.base import SourceFace
 
 BROW_IDX = np.arange(17, 27)
@@ -56,6 +56,7 @@ class MeshSettings:
     edge_tone_sigma: float = 0.05  # near the region edge the tone follows the target more closely
     detail: float = 1.0  # how fully the target's fine-detail level is matched (0 keeps the source's)
     hide_hair: bool = True  # the source's hair across its brows or temples lets the target show through
+    keep_target_hair: bool = True  # the target's own bangs across its forehead stay in front
 
 
 def mesh_points(points_68: np.ndarray, forehead: float) -> np.ndarray:
@@ -157,6 +158,14 @@ class MeshSwapper:
             shown = 1.0 - np.clip(_remap(hidden, maps), 0.0, 1.0)
 
         region = fill_polygon(shape, outline - (x0, y0)) & (index >= 0)
+        if st.keep_target_hair:
+            # Without this a fringe or bangs were painted over with the source's forehead (a small
+            # girl's face in a group photo came out with a brown smear for a fringe).
+            strip = fill_polygon(shape, np.vstack([local[BROWS], local[68:][::-1]])).astype(bool)
+            kept = target_hair(frame[y0:y1, x0:x1], target.landmarks_68 - (x0, y0), region, strip)
+            if kept is not None:
+                in_front = 1.0 - np.clip(kept, 0.0, 1.0)
+                shown = in_front if shown is None else shown * in_front
         hole = mouth_interior(shape, target.landmarks_68 - (x0, y0), st.mouth_grow * iod)
         inside = depth(region)
         alpha = ramp_in(inside, st.feather * iod) * feather(1 - hole, st.mouth_feather * iod)
