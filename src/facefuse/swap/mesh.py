@@ -158,21 +158,22 @@ class MeshSwapper:
             shown = 1.0 - np.clip(_remap(hidden, maps), 0.0, 1.0)
 
         region = fill_polygon(shape, outline - (x0, y0)) & (index >= 0)
+        target_crop = frame[y0:y1, x0:x1]
+        own = target.landmarks_68 - (x0, y0)  # the target's own points, unmoved, in crop coordinates
         if st.keep_target_hair:
             # Without this a fringe or bangs were painted over with the source's forehead (a small
             # girl's face in a group photo came out with a brown smear for a fringe).
             strip = fill_polygon(shape, np.vstack([local[BROWS], local[68:][::-1]])).astype(bool)
-            kept = target_hair(frame[y0:y1, x0:x1], target.landmarks_68 - (x0, y0), region, strip)
+            kept = target_hair(target_crop, own, region, strip)
             if kept is not None:
                 in_front = 1.0 - np.clip(kept, 0.0, 1.0)
                 shown = in_front if shown is None else shown * in_front
-        hole = mouth_interior(shape, target.landmarks_68 - (x0, y0), st.mouth_grow * iod)
+        hole = mouth_interior(shape, own, st.mouth_grow * iod)
         inside = depth(region)
         alpha = ramp_in(inside, st.feather * iod) * feather(1 - hole, st.mouth_feather * iod)
         if shown is not None:
             alpha = alpha * shown
 
-        target_crop = frame[y0:y1, x0:x1]
         weight = (region & (1 - hole)).astype(np.float32)
         if shown is not None:
             weight = weight * shown
