@@ -213,3 +213,34 @@ def test_a_sharp_source_on_a_soft_target_is_softened_to_match(pipe, images):
 
     out = pipe.swapper.swap(tgt, tface, pipe.swapper.prepare(src, sface))
     assert 0.8 * fine(tgt) < fine(out) < 1.2 * fine(tgt)
+
+
+def test_a_black_and_white_target_gets_a_black_and_white_face(pipe, images):
+    """The tone step gives the face the target's colour only at low frequency: on a grey photo the
+    source's eyes, lips and blotches stayed coloured (a spread of up to 142 levels between channels)."""
+    src, tgt = images("images/obama.jpg"), images("images/rose_leslie2.jpg")
+    grey = np.repeat(cv2.cvtColor(tgt, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    sface = pipe.analyser.analyse(src, largest_only=True)[0]
+    tface = pipe.analyser.analyse(grey, largest_only=True)[0]
+    out = pipe.swapper.swap(grey, tface, pipe.swapper.prepare(src, sface))
+    assert (out != grey).any(axis=2).sum() > 20000  # the face was swapped...
+    assert (out.max(axis=2) == out.min(axis=2)).all()  # ...and not a pixel of it has colour
+
+
+def test_a_faded_target_tones_down_the_sources_fine_colour(pipe, images):
+    """On a target faded to 15% saturation, biden.jpg's ruddy blotches came out at three times the
+    target's fine colour; the face now carries no more than twice it (the soft edge keeps a little)."""
+    src, tgt = images("images/biden.jpg"), images("images/obama3.jpg")
+    grey = cv2.cvtColor(tgt, cv2.COLOR_RGB2GRAY)[..., None].astype(np.float32)
+    faded = np.clip(grey + 0.15 * (tgt - grey), 0, 255).astype(np.uint8)
+    sface = pipe.analyser.analyse(src, largest_only=True)[0]
+    tface = pipe.analyser.analyse(tgt, largest_only=True)[0]
+    out = pipe.swapper.swap(faded, tface, pipe.swapper.prepare(src, sface))
+    inner = _inner_face(tgt.shape, tface)
+
+    def fine_colour(img):
+        f = img.astype(np.float32)
+        chroma = f - cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None].astype(np.float32)
+        return np.abs(chroma - cv2.GaussianBlur(chroma, (0, 0), 0.11 * tface.eye_distance))[inner].mean()
+
+    assert fine_colour(out) < 2.0 * fine_colour(faded)

