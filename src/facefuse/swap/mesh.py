@@ -51,7 +51,7 @@ class MeshSettings:
     mouth_feather: float = 0.03
     # How far the source's own brow layout is kept (0..1). Brows carry much of a face's identity and
     # little of its pose or expression, so moving them costs the target almost nothing.
-    brows: float = 0.6
+    brows: float = 0.7
     eyes: float = 0.0  # the same for the eyes; dearer in pose and gaze
     edge_tone_sigma: float = 0.05  # near the region edge the tone follows the target more closely
     detail: float = 1.0  # how fully the target's fine-detail level is matched (0 keeps the source's)
