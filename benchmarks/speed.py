@@ -204,7 +204,6 @@ marks = [("start", time.perf_counter())]
 def mark(name):
     marks.append((name, time.perf_counter()))
 import numpy, cv2, dlib; mark("import numpy+cv2+dlib")
-import scipy.spatial; mark("import scipy.spatial (mesh Delaunay)")
 import facefuse.media; mark("import facefuse.media (PIL, c2pa, cryptography)")
 import facefuse.pipeline; mark("import facefuse.pipeline (rest)")
 from facefuse.models.builtin import builtin_paths
@@ -212,7 +211,7 @@ paths = builtin_paths(); mark("builtin_paths (face_recognition_models)")
 dlib.get_frontal_face_detector(); mark("dlib.get_frontal_face_detector()")
 dlib.shape_predictor(str(paths.landmarks_68)); mark("dlib.shape_predictor(68-point model)")
 from facefuse.swap import MeshSwapper
-MeshSwapper(); mark("MeshSwapper()")
+MeshSwapper(); mark("MeshSwapper() (template Delaunay, OpenCV)")
 from facefuse.media import read_image
 read_image(sys.argv[1]); mark("read_image, first call")
 read_image(sys.argv[1]); mark("read_image, second call")

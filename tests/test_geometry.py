@@ -85,3 +85,28 @@ def test_blend_leaves_base_bit_identical_where_alpha_is_zero():
 def test_arcface_template_lands_on_itself():
     m = arcface_matrix(ARCFACE_112 * 2 + 30, 112)
     np.testing.assert_allclose(transform_points(ARCFACE_112 * 2 + 30, m), ARCFACE_112, atol=1e-3)
+
+
+@pytest.mark.parametrize("forehead", [0.25, 0.1])
+def test_mesh_triangulation_is_delaunay_and_tiles_the_template(forehead):
+    """OpenCV's Subdiv2D replaced scipy for the template mesh: its triangles must still tile the
+    points' hull exactly, and no point may lie inside any triangle's circumcircle."""
+    from facefuse.swap.mesh import TEMPLATE_68, delaunay, mesh_points
+
+    pts = mesh_points(TEMPLATE_68, forehead).astype(np.float64)
+    tri = delaunay(pts)
+    a, b, c = pts[tri[:, 0]], pts[tri[:, 1]], pts[tri[:, 2]]
+    cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])
+    areas = 0.5 * np.abs(cross)
+    assert (areas > 1e-9).all()
+    assert np.isclose(areas.sum(), cv2.contourArea(cv2.convexHull(pts.astype(np.float32))), rtol=1e-4)
+    # Circumcentres and radii; a small tolerance lets co-circular points (the template is symmetric) pass.
+    d = 2 * (a[:, 0] * (b[:, 1] - c[:, 1]) + b[:, 0] * (c[:, 1] - a[:, 1]) + c[:, 0] * (a[:, 1] - b[:, 1]))
+    sa, sb, sc = (a**2).sum(1), (b**2).sum(1), (c**2).sum(1)
+    ux = (sa * (b[:, 1] - c[:, 1]) + sb * (c[:, 1] - a[:, 1]) + sc * (a[:, 1] - b[:, 1])) / d
+    uy = (sa * (c[:, 0] - b[:, 0]) + sb * (a[:, 0] - c[:, 0]) + sc * (b[:, 0] - a[:, 0])) / d
+    centre = np.stack([ux, uy], 1)
+    radius = np.linalg.norm(a - centre, axis=1)
+    dist = np.linalg.norm(pts[None] - centre[:, None], axis=2)
+    assert (dist >= radius[:, None] - 1e-6).all()
+    assert len({tuple(t) for t in tri.tolist()}) == len(tri)
