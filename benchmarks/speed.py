@@ -208,7 +208,8 @@ import facefuse.media; mark("import facefuse.media (PIL, c2pa, cryptography)")
 import facefuse.pipeline; mark("import facefuse.pipeline (rest)")
 from facefuse.models.builtin import builtin_paths
 paths = builtin_paths(); mark("builtin_paths (face_recognition_models)")
-dlib.get_frontal_face_detector(); mark("dlib.get_frontal_face_detector()")
+from facefuse.analysis.detect import frontal_detector
+frontal_detector(); mark("frontal_detector() (dlib HOG, saved copy)")
 dlib.shape_predictor(str(paths.landmarks_68)); mark("dlib.shape_predictor(68-point model)")
 from facefuse.swap import MeshSwapper
 MeshSwapper(); mark("MeshSwapper() (template Delaunay, OpenCV)")

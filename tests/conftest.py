@@ -72,8 +72,10 @@ def images(pipe):
 
 @pytest.fixture(autouse=True)
 def _private_config(tmp_path_factory, monkeypatch):
-    # Signing keys created by any test go to a throwaway folder, never the user's config.
+    # Signing keys created by any test go to a throwaway folder, never the user's config; so does
+    # the saved face detector, never the user's cache.
     monkeypatch.setenv("FACEFUSE_CONFIG_DIR", str(tmp_path_factory.getbasetemp() / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture(scope="session")

@@ -192,7 +192,8 @@ def _require_scale_packages() -> None:
 
 
 def default_work_dir(storage: Any) -> Path:
-    from facefuse.service.storage import DirectoryStorage, private_dir
+    from facefuse.fsutil import private_dir
+    from facefuse.service.storage import DirectoryStorage
 
     if isinstance(storage, DirectoryStorage):
         return storage.root / "work"  # shared: a redelivered video job resumes on any host

@@ -39,3 +39,17 @@ def fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def private_dir(name: str) -> Path:
+    """A folder only this user can enter, under ~/.cache/facefuse ($XDG_CACHE_HOME): for the saved
+    face detector and the service's default S3 cache and work folders, which a fixed path in a
+    shared /tmp would let other local users pre-create, read or plant files in."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facefuse"
+    path = base / name
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to another user")
+    os.chmod(base, 0o700)
+    os.chmod(path, 0o700)
+    return path

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
-from facefuse.service.storage import check_key, private_dir
+from facefuse.fsutil import private_dir
+from facefuse.service.storage import check_key
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
