@@ -48,6 +48,19 @@ def media(name: str) -> Path:
     return MEDIA / name
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    # Session-wide and first (autouse runs before the other session fixtures): the session's
+    # Pipeline saves dlib's face detector to the cache, and that must not be the user's.
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.getbasetemp() / "cache")
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def pipe():
     from facefuse.pipeline import Pipeline
@@ -72,8 +85,8 @@ def images(pipe):
 
 @pytest.fixture(autouse=True)
 def _private_config(tmp_path_factory, monkeypatch):
-    # Signing keys created by any test go to a throwaway folder, never the user's config; so does
-    # the saved face detector, never the user's cache.
+    # Signing keys created by any test go to a throwaway folder, never the user's config, and the
+    # saved face detector to one, never the user's cache.
     monkeypatch.setenv("FACEFUSE_CONFIG_DIR", str(tmp_path_factory.getbasetemp() / "config"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
 

@@ -1,5 +1,6 @@
 import cv2
 import numpy as np
+import pytest
 
 from facefuse.analysis import DetectorSettings, FaceAnalyser
 
@@ -97,13 +98,42 @@ def test_the_detector_is_saved_once_then_loaded_and_finds_the_same_faces(tmp_pat
     assert len(a[0]) == 6 and [str(r) for r in a[0]] == [str(r) for r in b[0]] and a[1] == b[1]
 
 
-def test_a_damaged_saved_detector_is_rebuilt(tmp_path, monkeypatch, images):
+def _cut_short(data: bytes) -> bytes:  # as by a full disk
+    return data[:5000]
+
+
+def _wild_length(data: bytes) -> bytes:  # a length field gone wrong: dlib's loader raises ValueError
+    return data[:50] + bytes.fromhex("08ffffffffffffff0f") + data[59:]
+
+
+@pytest.mark.parametrize("damage", [_cut_short, _wild_length])
+def test_a_damaged_saved_detector_is_rebuilt(tmp_path, monkeypatch, images, damage):
     from facefuse.analysis import detect
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     detect.frontal_detector()
     (saved,) = (tmp_path / "facefuse" / "detectors").glob("*.svm")
-    saved.write_bytes(saved.read_bytes()[:5000])  # cut short, as by a full disk
+    saved.write_bytes(damage(saved.read_bytes()))
     img = np.ascontiguousarray(images("images/obama.jpg"))
     assert len(detect.frontal_detector()(img)) == 1
     assert saved.stat().st_size > 100_000  # and saved whole again
+
+
+def _no_home(name):
+    raise RuntimeError("Could not determine home directory.")
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize(("target", "fail"), [("private_dir", _no_home), ("tempfile.mkstemp", _disk_full)])
+def test_a_cache_that_cannot_be_used_only_costs_time(tmp_path, monkeypatch, images, target, fail):
+    """No home folder (a bare container) or a full disk: the detector is built as before, no error."""
+    from facefuse.analysis import detect
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(f"facefuse.analysis.detect.{target}", fail)
+    img = np.ascontiguousarray(images("images/obama.jpg"))
+    assert len(detect.frontal_detector()(img)) == 1
+    assert not list(tmp_path.rglob("*.svm")) and not list(tmp_path.rglob("*.tmp"))

@@ -91,10 +91,10 @@ def test_arcface_template_lands_on_itself():
 def test_mesh_triangulation_is_delaunay_and_tiles_the_template(forehead):
     """OpenCV's Subdiv2D replaced scipy for the template mesh: its triangles must still tile the
     points' hull exactly, and no point may lie inside any triangle's circumcircle."""
-    from facefuse.swap.mesh import TEMPLATE_68, delaunay, mesh_points
+    from facefuse.swap.mesh import TEMPLATE_68, _delaunay, mesh_points
 
     pts = mesh_points(TEMPLATE_68, forehead).astype(np.float64)
-    tri = delaunay(pts)
+    tri = _delaunay(pts)
     a, b, c = pts[tri[:, 0]], pts[tri[:, 1]], pts[tri[:, 2]]
     cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])
     areas = 0.5 * np.abs(cross)

@@ -264,13 +264,18 @@ def _rim_contrast(out: np.ndarray, tgt: np.ndarray, tface) -> float:
     return float(grad(out)[rim].mean() / grad(tgt)[rim].mean())
 
 
-FLAT_PAIRS = [("kit_harington1.jpg", "obama3.jpg"), ("alex-lacamoire.png", "obama.jpg")]
+FLAT_PAIRS = [
+    ("alex-lacamoire.png", "obama.jpg"),
+    ("kit_harington1.jpg", "lin-manuel-miranda.png"),
+    ("lin-manuel-miranda.png", "obama-720p.jpg"),
+]
 
 
 @pytest.mark.parametrize(("src", "tgt"), FLAT_PAIRS)
 def test_a_flat_target_gets_no_rim_of_the_sources_contrast(pipe, images, src, tgt):
     """On a target at 0.6x contrast the face kept the source's mid-scale contrast right up to its
-    soft edge, which drew a rim (0.99 and 1.02 here); towards the edge it now follows the target's."""
+    soft edge, which drew a rim (1.02 on each of these); towards the edge it now follows the target's
+    (0.93-0.94)."""
     source, target = images(f"images/{src}"), images(f"images/{tgt}")
     flat = np.clip((target.astype(np.float32) - 128) * 0.6 + 128, 0, 255).astype(np.uint8)
     sface = pipe.analyser.analyse(source, largest_only=True)[0]

@@ -117,18 +117,22 @@ def frontal_detector() -> dlib.fhog_object_detector:
     """
     try:
         path = private_dir("detectors") / f"dlib-{dlib.__version__}-frontal.svm"
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: no home folder to be found (a bare container)
         return dlib.get_frontal_face_detector()
     if path.is_file():
-        with contextlib.suppress(RuntimeError, OSError):
+        # A damaged copy can fail in dlib's loader in several ways (RuntimeError, ValueError,
+        # MemoryError from a wild length); any of them means: build it again.
+        with contextlib.suppress(Exception):
             return dlib.fhog_object_detector(str(path))
     detector = dlib.get_frontal_face_detector()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         detector.save(tmp)
         os.replace(tmp, path)
-    except (RuntimeError, OSError):
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except (RuntimeError, OSError):  # a full disk or a read-only cache: run without the copy
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return detector

@@ -77,12 +77,14 @@ def region_outline(mesh_pts: np.ndarray) -> np.ndarray:
 
 def _template_mesh(forehead: float) -> tuple[np.ndarray, np.ndarray]:
     pts = mesh_points(TEMPLATE_68, forehead)
-    tri = delaunay(pts)
+    tri = _delaunay(pts)
     return tri, _signed_areas(pts, tri)
 
 
-def delaunay(points: np.ndarray) -> np.ndarray:
-    """(n, 3) int32 vertex indices of the Delaunay triangles of (m, 2) points, in a fixed order.
+def _delaunay(points: np.ndarray) -> np.ndarray:
+    """(n, 3) int32 vertex indices of the Delaunay triangles of the template's mesh points, in a
+    fixed order. For the template only: Subdiv2D's outer triangle can cut off hull triangles of
+    long, thin or random point sets (the tests check that it tiles the template's hull).
 
     OpenCV's Subdiv2D rather than scipy's Delaunay: importing scipy.spatial was 0.2 s of every CLI
     run's 1.4 s cold start, for one triangulation of a fixed template. It works in integer-bounded
@@ -94,7 +96,7 @@ def delaunay(points: np.ndarray) -> np.ndarray:
     subdiv = cv2.Subdiv2D((0, 0, int(w), int(h)))
     for x, y in scaled:
         subdiv.insert((float(x), float(y)))
-    corners = subdiv.getTriangleList().reshape(-1, 3, 2)
+    corners = np.asarray(subdiv.getTriangleList(), np.float64).reshape(-1, 3, 2)
     dist = np.linalg.norm(corners[:, :, None, :] - scaled[None, None], axis=3)  # (n, 3, m)
     index = dist.argmin(axis=2)
     # Triangles touching Subdiv2D's outer bounding vertices match no point: drop them.
@@ -420,6 +422,9 @@ def _match_colourfulness(
     image = np.asarray(image, np.float32)
     # Measured at half size: the ratio is what matters, and the common case (a target as colourful
     # as the source) then costs a fraction of a full-size pass.
+    if not (target.max(2) - target.min(2)).any():
+        # A grey photo: a grey face, edge and all (the target has no colour there to blend into).
+        return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     half = (max(1, image.shape[1] // 2), max(1, image.shape[0] // 2))
     inside = cv2.resize(weight, half, interpolation=cv2.INTER_AREA) > 0.5
     if not inside.any():
@@ -434,9 +439,6 @@ def _match_colourfulness(
         )
         for im in (image, target)
     )
-    if e_tgt < 1e-3 and not (target.max(2) - target.min(2)).any():
-        # A grey photo: a grey face, edge and all (the target has no colour there to blend into).
-        return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     keep = min(1.0, e_tgt / max(e_src, 1e-3) / _COLOUR_FULL)
     if keep >= 1.0:
         return image
