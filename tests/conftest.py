@@ -85,10 +85,8 @@ def images(pipe):
 
 @pytest.fixture(autouse=True)
 def _private_config(tmp_path_factory, monkeypatch):
-    # Signing keys created by any test go to a throwaway folder, never the user's config, and the
-    # saved face detector to one, never the user's cache.
+    # Signing keys created by any test go to a throwaway folder, never the user's config.
     monkeypatch.setenv("FACEFUSE_CONFIG_DIR", str(tmp_path_factory.getbasetemp() / "config"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture(scope="session")

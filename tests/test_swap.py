@@ -37,6 +37,14 @@ def _inner_face(shape, tface) -> np.ndarray:
     return fill_polygon(shape[:2], np.vstack([pts[3:14], pts[17:27][::-1]])).astype(bool)
 
 
+def _swap_onto(pipe, source: np.ndarray, altered: np.ndarray, placed_by: np.ndarray):
+    """The mesh swap of `source`'s face onto `altered` (a target photo changed in light or colour),
+    at the face found in `placed_by` (the photo before the change). Returns (output, target face)."""
+    sface = pipe.analyser.analyse(source, largest_only=True)[0]
+    tface = pipe.analyser.analyse(placed_by, largest_only=True)[0]
+    return pipe.swapper.swap(altered, tface, pipe.swapper.prepare(source, sface)), tface
+
+
 PAIRS = [
     ("images/kit_harington1.jpg", "images/obama3.jpg"),
     ("images/kit_harington1.jpg", "images/biden2.jpg"),
@@ -180,9 +188,7 @@ def test_a_face_on_a_very_dark_target_is_as_dark_as_the_target(pipe, images):
     bound on the gain left it lit and grey in a dark photo (13 levels of 8-bit lightness here)."""
     src, tgt = images("images/kit_harington1.jpg"), images("images/obama3.jpg")
     dark = np.clip(255 * (tgt.astype(np.float32) / 255) ** 1.8 * 0.7, 0, 255).astype(np.uint8)
-    sface = pipe.analyser.analyse(src, largest_only=True)[0]
-    tface = pipe.analyser.analyse(tgt, largest_only=True)[0]
-    out = pipe.swapper.swap(dark, tface, pipe.swapper.prepare(src, sface))
+    out, tface = _swap_onto(pipe, src, dark, tgt)
     inner = _inner_face(tgt.shape, tface)
     assert abs(_lab_mean(out, inner)[0] - _lab_mean(dark, inner)[0]) < 4.0
 
@@ -192,9 +198,7 @@ def test_a_face_on_an_overexposed_target_keeps_the_light_the_clip_cut_off(pipe, 
     lost that light and left the face darker and greyer than its target (5.7 delta-E here)."""
     src, tgt = images("images/alex-lacamoire.png"), images("images/obama.jpg")
     over = np.clip(tgt.astype(np.float32) * 1.5 + 0.5, 0, 255).astype(np.uint8)
-    sface = pipe.analyser.analyse(src, largest_only=True)[0]
-    tface = pipe.analyser.analyse(tgt, largest_only=True)[0]
-    out = pipe.swapper.swap(over, tface, pipe.swapper.prepare(src, sface))
+    out, tface = _swap_onto(pipe, src, over, tgt)
     inner = _inner_face(tgt.shape, tface)
     assert np.linalg.norm(_lab_mean(out, inner) - _lab_mean(over, inner)) < 3.5
 
@@ -203,15 +207,13 @@ def test_a_sharp_source_on_a_soft_target_is_softened_to_match(pipe, images):
     """An out-of-focus target gets a face as soft as itself, not a crisp one pasted on: scaling only
     the finest band left it 1.5x the target's fine detail here, a sharpness step the eye sees."""
     src, tgt = images("images/kit_harington1.jpg"), cv2.GaussianBlur(images("images/obama3.jpg"), (0, 0), 2.0)
-    sface = pipe.analyser.analyse(src, largest_only=True)[0]
-    tface = pipe.analyser.analyse(tgt, largest_only=True)[0]
+    out, tface = _swap_onto(pipe, src, tgt, tgt)
     inner = _inner_face(tgt.shape, tface)
 
     def fine(img):
         g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
         return np.abs(g - cv2.GaussianBlur(g, (0, 0), 1.5))[inner].mean()
 
-    out = pipe.swapper.swap(tgt, tface, pipe.swapper.prepare(src, sface))
     assert 0.8 * fine(tgt) < fine(out) < 1.2 * fine(tgt)
 
 
@@ -220,9 +222,7 @@ def test_a_black_and_white_target_gets_a_black_and_white_face(pipe, images):
     source's eyes, lips and blotches stayed coloured (a spread of up to 142 levels between channels)."""
     src, tgt = images("images/obama.jpg"), images("images/rose_leslie2.jpg")
     grey = np.repeat(cv2.cvtColor(tgt, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
-    sface = pipe.analyser.analyse(src, largest_only=True)[0]
-    tface = pipe.analyser.analyse(grey, largest_only=True)[0]
-    out = pipe.swapper.swap(grey, tface, pipe.swapper.prepare(src, sface))
+    out, _ = _swap_onto(pipe, src, grey, grey)
     assert (out != grey).any(axis=2).sum() > 20000  # the face was swapped...
     assert (out.max(axis=2) == out.min(axis=2)).all()  # ...and not a pixel of it has colour
 
@@ -233,9 +233,7 @@ def test_a_faded_target_tones_down_the_sources_fine_colour(pipe, images):
     src, tgt = images("images/biden.jpg"), images("images/obama3.jpg")
     grey = cv2.cvtColor(tgt, cv2.COLOR_RGB2GRAY)[..., None].astype(np.float32)
     faded = np.clip(grey + 0.1 * (tgt - grey), 0, 255).astype(np.uint8)
-    sface = pipe.analyser.analyse(src, largest_only=True)[0]
-    tface = pipe.analyser.analyse(tgt, largest_only=True)[0]
-    out = pipe.swapper.swap(faded, tface, pipe.swapper.prepare(src, sface))
+    out, tface = _swap_onto(pipe, src, faded, tgt)
     inner = _inner_face(tgt.shape, tface)
 
     def fine_colour(img):
@@ -278,7 +276,5 @@ def test_a_flat_target_gets_no_rim_of_the_sources_contrast(pipe, images, src, tg
     (0.93-0.94)."""
     source, target = images(f"images/{src}"), images(f"images/{tgt}")
     flat = np.clip((target.astype(np.float32) - 128) * 0.6 + 128, 0, 255).astype(np.uint8)
-    sface = pipe.analyser.analyse(source, largest_only=True)[0]
-    tface = pipe.analyser.analyse(target, largest_only=True)[0]
-    out = pipe.swapper.swap(flat, tface, pipe.swapper.prepare(source, sface))
+    out, tface = _swap_onto(pipe, source, flat, target)
     assert _rim_contrast(out, flat, tface) < 0.96

@@ -199,7 +199,8 @@ class MeshSwapper:
                 shown = in_front if shown is None else shown * in_front
         hole = mouth_interior(shape, own, st.mouth_grow * iod)
         inside = depth(region)
-        alpha = ramp_in(inside, st.feather * iod) * feather(1 - hole, st.mouth_feather * iod)
+        ramp = ramp_in(inside, st.feather * iod)
+        alpha = ramp * feather(1 - hole, st.mouth_feather * iod)
         if shown is not None:
             alpha = alpha * shown
 
@@ -221,12 +222,10 @@ class MeshSwapper:
         if st.edge_contrast:
             # Measured from every edge the face has, the mouth hole's and the hidden hair's as well:
             # the judge's rim runs there too.
-            edge = 1.0 - ramp_in(depth(weight > 0), 2.0 * st.feather * iod)
-            toned = _match_edge_contrast(toned, target_crop, weight, (iod / 60.0, st.tone_sigma * iod), edge)
+            rim = 1.0 - ramp_in(depth(weight > 0), 2.0 * st.feather * iod)
+            toned = _match_edge_contrast(toned, target_crop, weight, (iod / 60.0, st.tone_sigma * iod), rim)
         if st.colourfulness:
-            toned = _match_colourfulness(
-                toned, target_crop, weight, st.tone_sigma * iod, ramp_in(inside, st.feather * iod)
-            )
+            toned = _match_colourfulness(toned, target_crop, weight, st.tone_sigma * iod, ramp)
 
         out = frame.copy()
         out[y0:y1, x0:x1] = blend(target_crop, toned, alpha)
@@ -315,18 +314,34 @@ def _masked_blur(parts: tuple[np.ndarray, ...], sigma: float) -> list[np.ndarray
 
     Done at a reduced size: the blur is wide, and a blurred image loses nothing by being small.
     """
-    h, w = parts[0].shape[:2]
-    factor = max(1, int(sigma / 4))
-    small_size = (max(1, w // factor), max(1, h // factor))
-    blurred = []
-    for part in parts:
-        small = part if factor == 1 else cv2.resize(part, small_size, interpolation=cv2.INTER_AREA)
-        blurred.append(cv2.GaussianBlur(small, (0, 0), sigma / factor))
+    size = parts[0].shape[1::-1]
+    factor = _reduction(sigma)
+    blurred = [_blur_reduced(part, sigma, factor) for part in parts]
     den = np.maximum(blurred[0][..., -1:], 1e-4)
     out = [blurred[0][..., :-1] / den] + [b / den for b in blurred[1:]]
-    if factor == 1:
-        return out
-    return [cv2.resize(o, (w, h), interpolation=cv2.INTER_LINEAR) for o in out]
+    return [_enlarged(o, size, factor) for o in out]
+
+
+def _reduction(sigma: float) -> int:
+    """How many times smaller a blur of `sigma` px is done: its finest detail is ~4 px."""
+    return max(1, int(sigma / 4))
+
+
+def _blur_reduced(image: np.ndarray, sigma: float, factor: int) -> np.ndarray:
+    if factor > 1:
+        h, w = image.shape[:2]
+        image = cv2.resize(image, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(image, (0, 0), sigma / factor)
+
+
+def _enlarged(image: np.ndarray, size: tuple[int, int], factor: int) -> np.ndarray:
+    return image if factor == 1 else cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+
+
+def _wide_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian blur done at a reduced size, as in `_masked_blur`: a wide blur loses nothing there."""
+    factor = _reduction(sigma)
+    return _enlarged(_blur_reduced(image, sigma, factor), image.shape[1::-1], factor)
 
 
 def _fine(gray: np.ndarray, sigma: float) -> np.ndarray:
@@ -398,16 +413,6 @@ def _fine_colour(rgb: np.ndarray, sigma: float) -> np.ndarray:
     return chroma - _wide_blur(chroma, sigma)
 
 
-def _wide_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """A Gaussian blur done at a reduced size, as in `_masked_blur`: a wide blur loses nothing there."""
-    h, w = image.shape[:2]
-    factor = max(1, int(sigma / 4))
-    if factor == 1:
-        return cv2.GaussianBlur(image, (0, 0), sigma)
-    small = cv2.resize(image, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
-    return cv2.resize(cv2.GaussianBlur(small, (0, 0), sigma / factor), (w, h), interpolation=cv2.INTER_LINEAR)
-
-
 def _match_colourfulness(
     image: np.ndarray, target: np.ndarray, weight: np.ndarray, sigma: float, core: np.ndarray
 ) -> np.ndarray:
@@ -420,25 +425,21 @@ def _match_colourfulness(
     follows the target closely.
     """
     image = np.asarray(image, np.float32)
-    # Measured at half size: the ratio is what matters, and the common case (a target as colourful
-    # as the source) then costs a fraction of a full-size pass.
     if not (target.max(2) - target.min(2)).any():
         # A grey photo: a grey face, edge and all (the target has no colour there to blend into).
         return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    # Measured at half size: the ratio is what matters, and the common case (a target as colourful
+    # as the source) then costs a fraction of a full-size pass.
     half = (max(1, image.shape[1] // 2), max(1, image.shape[0] // 2))
     inside = cv2.resize(weight, half, interpolation=cv2.INTER_AREA) > 0.5
     if not inside.any():
         return image
-    e_src, e_tgt = (
-        float(
-            np.abs(
-                _fine_colour(
-                    cv2.resize(im, half, interpolation=cv2.INTER_AREA).astype(np.float32), sigma / 2
-                )[inside]
-            ).mean()
-        )
-        for im in (image, target)
-    )
+
+    def energy(rgb: np.ndarray) -> float:
+        small = cv2.resize(rgb, half, interpolation=cv2.INTER_AREA).astype(np.float32)
+        return _energy(_fine_colour(small, sigma / 2), inside)
+
+    e_src, e_tgt = energy(image), energy(target)
     keep = min(1.0, e_tgt / max(e_src, 1e-3) / _COLOUR_FULL)
     if keep >= 1.0:
         return image
@@ -447,10 +448,10 @@ def _match_colourfulness(
 
 
 def _match_edge_contrast(
-    image: np.ndarray, target: np.ndarray, weight: np.ndarray, sigmas: tuple[float, float], edge: np.ndarray
+    image: np.ndarray, target: np.ndarray, weight: np.ndarray, sigmas: tuple[float, float], rim: np.ndarray
 ) -> np.ndarray:
     """Scale the source's mid band (between the fine-detail and tone scales) down to the target's
-    energy, fully at the face's edges and not at all past the core's ramp (`edge`).
+    energy, fully at the face's edges and not at all past the core's ramp (`rim`).
 
     The tone step matches the target's light below the mid band and `_match_detail` the fine band
     above it, so on a flat, low-contrast or hazy target the face's mid-scale contrast stayed the
@@ -470,12 +471,11 @@ def _match_edge_contrast(
         return cv2.GaussianBlur(grey, (0, 0), fine) - _wide_blur(grey, wide)
 
     m_src = mid(image)
-    e_src = float(np.abs(m_src[inside]).mean())
-    e_tgt = float(np.abs(mid(target)[inside]).mean())
+    e_src, e_tgt = _energy(m_src, inside), _energy(mid(target), inside)
     gain = min(1.0, max(0.5, e_tgt / max(e_src, 1e-3)))
     if gain >= 1.0:
         return image
-    return np.clip(image + ((gain - 1.0) * m_src * edge)[..., None], 0, 255)
+    return np.clip(image + ((gain - 1.0) * m_src * rim)[..., None], 0, 255)
 
 
 def _match_tone(
