@@ -35,6 +35,7 @@ from facefuse.geometry import (
     transform_points,
 )
 from facefuse.masks import depth, feather, fill_polygon, mouth_interior, ramp_in
+from facefuse.masks.glasses import glasses_mask
 from facefuse.masks.hair import source_hair, target_hair
 from facefuse.swap.base import SourceFace
 
@@ -56,6 +57,10 @@ class MeshSettings:
     detail: float = 1.0  # how fully the target's fine-detail level is matched (0 keeps the source's)
     hide_hair: bool = True  # the source's hair across its brows or temples lets the target show through
     keep_target_hair: bool = True  # the target's own bangs across its forehead stay in front
+    # Glasses found on the target stay in front of the new face; those found on the source let the
+    # target show through their frame, so no source's glasses are pasted onto a target.
+    keep_target_glasses: bool = True
+    hide_source_glasses: bool = True
     # The face's fine colour is toned down to the target's where the target has far less of it
     # (a black-and-white or faded photo, a cold desaturated grade): its features stay the source's.
     colourfulness: bool = True
@@ -139,6 +144,10 @@ class MeshSwapper:
         local = face.landmarks_68 - (x0, y0)
         outline = region_outline(pts) - (x0, y0)
         hidden = source_hair(crop, local, fill_polygon(crop.shape[:2], outline)) if st.hide_hair else None
+        if st.hide_source_glasses:
+            frame = glasses_mask(image, face.landmarks_68, (x0, y0, x0 + crop.shape[1], y0 + crop.shape[0]))
+            if frame is not None:
+                hidden = frame if hidden is None else np.maximum(hidden, frame)
         return SourceFace(
             face=face,
             image=crop,
@@ -196,6 +205,11 @@ class MeshSwapper:
             kept = target_hair(target_crop, own, region, strip)
             if kept is not None:
                 in_front = 1.0 - np.clip(kept, 0.0, 1.0)
+                shown = in_front if shown is None else shown * in_front
+        if st.keep_target_glasses:
+            frame_mask = glasses_mask(frame, target.landmarks_68, (x0, y0, x1, y1))
+            if frame_mask is not None:
+                in_front = 1.0 - frame_mask
                 shown = in_front if shown is None else shown * in_front
         hole = mouth_interior(shape, own, st.mouth_grow * iod)
         inside = depth(region)
