@@ -153,3 +153,26 @@ def test_the_sources_glasses_are_not_pasted_onto_the_target(pipe, images, obama)
     clean = frame_dark(_swap(pipe, image, target))
     assert carried > 150
     assert hidden < clean + 0.1 * carried
+
+
+def test_a_blown_out_face_is_not_taken_for_glasses(pipe, images):
+    # Most of the eye band clipped white: the band's typical curvature was 0, and any faint line
+    # passed for a frame.
+    image = images("images/obama3.jpg")
+    face = pipe.analyser.analyse(image, largest_only=True)[0]
+    blown = np.clip(image.astype(np.float32) * 3.9, 0, 255).astype(np.uint8)
+    assert find_glasses(blown, face.landmarks_68) is None
+
+
+def test_small_faces_are_not_searched_and_windows_keep_their_shape(obama):
+    image, face = obama
+    glasses = _wearing(image, _frame_pixels(image.shape, face.landmarks_68), DARK)
+    # A window reaching past the image, given as an array, and an empty one.
+    w = image.shape[1]
+    window = np.array([w - 50, -20, w + 30, 40])
+    assert find_glasses(glasses, face.landmarks_68, window)[1].shape == (60, 80)
+    assert find_glasses(glasses, face.landmarks_68, (10, 10, 10, 30))[1].shape == (20, 0)
+    # The same glasses on a face under 40 px between the outer eye corners are not looked for.
+    small = cv2.resize(glasses, None, fx=0.15, fy=0.15, interpolation=cv2.INTER_AREA)
+    assert face.eye_distance * 0.15 < 40
+    assert find_glasses(small, face.landmarks_68 * 0.15) is None
