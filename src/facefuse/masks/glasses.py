@@ -21,7 +21,7 @@ skin around the eyes.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 
 import cv2
@@ -55,12 +55,20 @@ class Glasses:
     dark: bool  # a dark frame (else a bright, e.g. metal, one)
 
 
+def _superellipse(t: np.ndarray, half_width: float, half_height: float, roundness: float):
+    """Points of a rounded rectangle (a superellipse) at angles `t`, centred on the origin."""
+    c, s = np.cos(t), np.sin(t)
+    return (
+        np.sign(c) * np.abs(c) ** (2.0 / roundness) * half_width,
+        np.sign(s) * np.abs(s) ** (2.0 / roundness) * half_height,
+    )
+
+
 @cache
 def _rims() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every candidate rim: its parameters (n, 5), its points (n, S, 2) and unit normals (n, S, 2),
     centred on the origin (the lens centre is in the parameters)."""
     t = np.linspace(0.0, 2.0 * np.pi, _SAMPLES, endpoint=False)
-    c, s = np.cos(t), np.sin(t)
     params, points, normals = [], [], []
     grid = itertools.product(
         np.linspace(0.32, 0.46, 6),  # centre x
@@ -72,8 +80,7 @@ def _rims() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for cx, cy, hw, hh, n in grid:
         if hh > 0.85 * hw or cx - hw < -0.02:  # lenses are wider than tall and do not cross the nose
             continue
-        x = np.sign(c) * np.abs(c) ** (2.0 / n) * hw
-        y = np.sign(s) * np.abs(s) ** (2.0 / n) * hh
+        x, y = _superellipse(t, hw, hh, n)
         tangent = np.c_[np.roll(x, -1) - np.roll(x, 1), np.roll(y, -1) - np.roll(y, 1)]
         normal = np.c_[tangent[:, 1], -tangent[:, 0]]
         params.append((cx, cy, hw, hh, n))
@@ -103,10 +110,9 @@ def find_glasses(
     bridge = _bridge(hessians, norm)
     if bridge.max() < _BRIDGE_MIN:
         return None
-    found = _best_rims(hessians, norm, bridge >= _BRIDGE_MIN)
+    found = _best_rims(hessians, norm, bridge)
     if found is None:
         return None
-    found = replace(found, bridge_score=float(bridge[0 if found.dark else 1]))
     frame = _frame_mask(hessians, norm, found)
     x0, y0, x1, y1 = (0, 0, image.shape[1], image.shape[0]) if window is None else (int(v) for v in window)
     if x1 <= x0 or y1 <= y0:  # warpAffine would take an empty size to mean the band's own
@@ -169,8 +175,8 @@ def _low_percentiles(v: np.ndarray) -> np.ndarray:
     return np.stack([part[:, k], -part[:, v.shape[1] - 1 - k]])
 
 
-def _best_rims(hessians, norm: float, polarities: np.ndarray) -> Glasses | None:
-    """The best pair of rims of a polarity the bridge allows (`polarities`: dark, bright)."""
+def _best_rims(hessians, norm: float, bridge: np.ndarray) -> Glasses | None:
+    """The best pair of rims of a polarity whose bridge (`bridge`: dark, bright scores) is there."""
     params, points, normals = _rims()
     scores = []
     for side in (-1.0, 1.0):  # the lens on the image's left is the mirror image of the right one
@@ -178,12 +184,14 @@ def _best_rims(hessians, norm: float, polarities: np.ndarray) -> Glasses | None:
         y = points[..., 1] + params[:, 1:2]
         line = _along(hessians, x, y, side * normals[..., 0], normals[..., 1]) / norm
         scores.append(_low_percentiles(line))
-    score = np.where(polarities[:, None], np.minimum(*scores), -np.inf)  # both lenses must be there
+    allowed = bridge >= _BRIDGE_MIN
+    score = np.where(allowed[:, None], np.minimum(*scores), -np.inf)  # both lenses must be there
     polarity, i = np.unravel_index(int(score.argmax()), score.shape)
     if score[polarity, i] < _RIM_MIN:
         return None
     cx, cy, hw, hh, n = (float(v) for v in params[i])
-    return Glasses((cx, cy), (hw, hh), n, float(score[polarity, i]), 0.0, bool(polarity == 0))
+    rim, dark = float(score[polarity, i]), bool(polarity == 0)
+    return Glasses((cx, cy), (hw, hh), n, rim, float(bridge[polarity]), dark)
 
 
 def _bridge(hessians, norm: float) -> np.ndarray:
@@ -198,7 +206,8 @@ def _bridge(hessians, norm: float) -> np.ndarray:
 
 def _frame_mask(hessians, norm: float, glasses: Glasses) -> np.ndarray:
     """In band pixels: line pixels of the found polarity near the rims, across the bridge and along
-    the arms, grown to the frame's width and softened by a pixel."""
+    the arms, grown to the frame's width and softened by a pixel. The band and the candidate rims are
+    fixed in template units, so every box below lies inside the band."""
     line = None
     for hessian in hessians:
         xx, yy, xy = hessian[..., 0], hessian[..., 1], hessian[..., 2]
@@ -212,9 +221,8 @@ def _frame_mask(hessians, norm: float, glasses: Glasses) -> np.ndarray:
     near = np.zeros((h, w), np.uint8)
     (cx, cy), (hw, hh) = glasses.centre, glasses.half_size
     t = np.linspace(0.0, 2.0 * np.pi, 4 * _SAMPLES, endpoint=False)
-    c, s = np.cos(t), np.sin(t)
-    rx = np.sign(c) * np.abs(c) ** (2.0 / glasses.roundness) * hw
-    ry = np.sign(s) * np.abs(s) ** (2.0 / glasses.roundness) * hh + cy
+    rx, ry = _superellipse(t, hw, hh, glasses.roundness)
+    ry = ry + cy
     ring = max(1, round(_RING * _SCALE))
     for side in (-1.0, 1.0):
         bx, by = _to_band(side * (rx + cx), ry)
@@ -223,10 +231,10 @@ def _frame_mask(hessians, norm: float, glasses: Glasses) -> np.ndarray:
         ax, ay = _to_band(np.array([side * (cx + hw), side * 1.0]), np.array([cy - 0.4 * hh, cy - 0.4 * hh]))
         y0, y1 = int(ay[0] - 0.6 * hh * _SCALE), int(ay[0] + 0.3 * hh * _SCALE)
         xa, xb = sorted((int(ax[0]), int(ax[1])))
-        near[max(y0, 0) : max(y1, 0), max(xa, 0) : max(xb, 0)] = 1
+        near[y0:y1, xa:xb] = 1
     # The bridge: between the lenses, above their centres.
     bx, by = _to_band(np.array([-(cx - hw) - 0.02, cx - hw + 0.02]), np.array([cy - hh - 0.05, cy]))
-    near[max(int(by[0]), 0) : max(int(by[1]), 0), max(int(bx[0]), 0) : max(int(bx[1]), 0)] = 1
+    near[int(by[0]) : int(by[1]), int(bx[0]) : int(bx[1])] = 1
 
     frame = (strong & (near > 0)).astype(np.uint8)
     grow = max(1, round(_SIGMAS[-1]))

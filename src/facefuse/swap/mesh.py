@@ -193,7 +193,7 @@ class MeshSwapper:
             hidden = source.hidden
             if hidden.shape[:2] != src_img.shape[:2]:
                 hidden = cv2.resize(hidden, src_img.shape[1::-1], interpolation=cv2.INTER_AREA)
-            shown = 1.0 - np.clip(_remap(hidden, maps), 0.0, 1.0)
+            shown = _in_front(None, _remap(hidden, maps))
 
         region = fill_polygon(shape, outline - (x0, y0)) & (index >= 0)
         target_crop = frame[y0:y1, x0:x1]
@@ -204,13 +204,11 @@ class MeshSwapper:
             strip = fill_polygon(shape, np.vstack([local[BROWS], local[68:][::-1]])).astype(bool)
             kept = target_hair(target_crop, own, region, strip)
             if kept is not None:
-                in_front = 1.0 - np.clip(kept, 0.0, 1.0)
-                shown = in_front if shown is None else shown * in_front
+                shown = _in_front(shown, kept)
         if st.keep_target_glasses:
             frame_mask = glasses_mask(frame, target.landmarks_68, (x0, y0, x1, y1))
             if frame_mask is not None:
-                in_front = 1.0 - frame_mask
-                shown = in_front if shown is None else shown * in_front
+                shown = _in_front(shown, frame_mask)
         hole = mouth_interior(shape, own, st.mouth_grow * iod)
         inside = depth(region)
         ramp = ramp_in(inside, st.feather * iod)
@@ -251,6 +249,13 @@ class MeshSwapper:
         t_area = _signed_areas(tgt, self.triangles) * sign
         s_area = _signed_areas(src, self.triangles) * sign
         return (t_area > 0.5) & (s_area > 0.0)
+
+
+def _in_front(shown: np.ndarray | None, cover: np.ndarray) -> np.ndarray:
+    """Where the new face may show, once `cover` (1 = something of the target's, or a hole in the
+    source's face) is taken out of `shown` (None: everywhere)."""
+    visible = 1.0 - np.clip(cover, 0.0, 1.0)
+    return visible if shown is None else shown * visible
 
 
 def mouth_open(points_68: np.ndarray) -> bool:
