@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+from facefuse.cli import demo_images
 from facefuse.geometry import TEMPLATE_68, similarity
 from facefuse.masks.glasses import find_glasses
 from facefuse.swap import MeshSettings, MeshSwapper
@@ -12,28 +13,41 @@ DARK = (22, 22, 22)
 METAL = (215, 215, 220)
 
 
-def _frame_pixels(shape, points, thickness=0.035, half=(0.26, 0.17), centre=(0.38, 0.04)):
-    """A pair of rounded-rectangle glasses drawn in template units (outer-eye-corner distance 1)
-    onto the face with these landmarks, with its bridge and the start of its arms: a bool mask."""
+def _rims(half, centre, taper):
+    """Both lenses' rims in template units: rounded rectangles, `taper` wider at the top."""
+    t = np.linspace(0, 2 * np.pi, 80, endpoint=False)
+    rim_y = np.sign(np.sin(t)) * np.abs(np.sin(t)) ** 0.5 * half[1]
+    rim_x = np.sign(np.cos(t)) * np.abs(np.cos(t)) ** 0.5 * half[0] * (1 - taper * rim_y / half[1])
+    return [np.c_[side * (rim_x + centre[0]), rim_y + centre[1]] for side in (-1, 1)]
+
+
+def _draw(shape, points, lines, thickness=None):
+    """Lines in template units drawn onto the face with these landmarks (filled when `thickness` is
+    None): a bool mask."""
     to_image = similarity(TEMPLATE_68, points)
     scale = float(np.hypot(to_image[0, 0], to_image[0, 1]))
-    t = np.linspace(0, 2 * np.pi, 80, endpoint=False)
-    rim_x = np.sign(np.cos(t)) * np.abs(np.cos(t)) ** 0.5 * half[0]
-    rim_y = np.sign(np.sin(t)) * np.abs(np.sin(t)) ** 0.5 * half[1] + centre[1]
-    cx, hw, hh = centre[0], half[0], half[1]
-    lines = []
-    for side in (-1, 1):
-        lines.append((np.c_[side * (rim_x + cx), rim_y], True))
-        arm = [[side * (cx + hw), centre[1] - 0.6 * hh], [side * 0.98, centre[1] - 0.8 * hh]]
-        lines.append((np.array(arm), False))
-    bridge = [[-(cx - hw), centre[1] - 0.5 * hh], [0, centre[1] - 0.7 * hh], [cx - hw, centre[1] - 0.5 * hh]]
-    lines.append((np.array(bridge), False))
     mask = np.zeros(shape[:2], np.uint8)
     for line, closed in lines:
-        pts = np.c_[line, np.ones(len(line))] @ to_image.T
-        width = max(1, round(thickness * scale))
-        cv2.polylines(mask, [np.round(pts * 8).astype(np.int32)], closed, 1, width, cv2.LINE_8, shift=3)
+        pts = np.round((np.c_[line, np.ones(len(line))] @ to_image.T) * 8).astype(np.int32)
+        if thickness is None:
+            cv2.fillPoly(mask, [pts], 1, cv2.LINE_8, shift=3)
+        else:
+            cv2.polylines(mask, [pts], closed, 1, max(1, round(thickness * scale)), cv2.LINE_8, shift=3)
     return mask.astype(bool)
+
+
+def _frame_pixels(shape, points, thickness=0.035, half=(0.26, 0.17), centre=(0.38, 0.04), taper=0.0):
+    """A pair of rounded-rectangle glasses drawn in template units (outer-eye-corner distance 1)
+    onto the face with these landmarks, with its bridge and the start of its arms: a bool mask."""
+    cx, hw, hh = centre[0], half[0], half[1]
+    lines = [(rim, True) for rim in _rims(half, centre, taper)]
+    for side in (-1, 1):
+        arm = [[side * (cx + hw), centre[1] - 0.6 * hh], [side * 0.98, centre[1] - 0.8 * hh]]
+        lines.append((np.array(arm), False))
+    inner = cx - hw * (1 + 0.5 * taper)
+    bridge = [[-inner, centre[1] - 0.5 * hh], [0, centre[1] - 0.7 * hh], [inner, centre[1] - 0.5 * hh]]
+    lines.append((np.array(bridge), False))
+    return _draw(shape, points, lines, thickness)
 
 
 def _wearing(image, frame, colour):
@@ -54,7 +68,7 @@ def test_drawn_glasses_are_found_with_their_frame(obama):
     found = find_glasses(_wearing(image, frame, DARK), face.landmarks_68)
     assert found is not None
     glasses, mask = found
-    assert glasses.dark
+    assert glasses.dark and not glasses.dark_lenses
     assert mask.shape == image.shape[:2]
     # Nearly all the frame over the face, and little else there (a brow hair or a crease beside the
     # rim at most): this mask is what stays the target's.
@@ -72,6 +86,40 @@ def test_a_bright_metal_frame_on_darker_skin_is_found(obama):
     frame = _frame_pixels(image.shape, face.landmarks_68, thickness=0.02, half=(0.24, 0.15))
     found = find_glasses(_wearing(image, frame, METAL), face.landmarks_68)
     assert found is not None and not found[0].dark
+
+
+def test_a_frame_wider_at_the_top_is_found_with_its_frame(obama):
+    # Wayfarer-like lenses, wider at the top than the bottom, and larger than the eyes by a margin:
+    # no rounded rectangle follows them within a pixel or two, and a best fit on the eyes' scale
+    # left most of the frame out of the mask.
+    image, face = obama
+    frame = _frame_pixels(image.shape, face.landmarks_68, 0.02, (0.33, 0.22), (0.42, 0.08), taper=0.15)
+    found = find_glasses(_wearing(image, frame, DARK), face.landmarks_68)
+    assert found is not None
+    glasses, mask = found
+    assert not glasses.dark_lenses
+    x0, y0, x1, y1 = face.box.astype(int)
+    in_face = np.zeros(frame.shape, bool)
+    in_face[y0:y1, x0:x1] = True
+    assert (mask[frame & in_face] > 0.5).mean() > 0.85
+
+
+def test_sunglasses_stay_in_front_lenses_and_all(pipe, images, obama):
+    image, face = obama
+    half, centre = (0.30, 0.2), (0.43, 0.05)
+    lenses = _draw(image.shape, face.landmarks_68, [(rim, True) for rim in _rims(half, centre, 0.1)])
+    frame = _frame_pixels(image.shape, face.landmarks_68, 0.03, half, centre, taper=0.1)
+    target = _wearing(_wearing(image, lenses, (34, 32, 38)), frame, (12, 12, 12))
+    found = find_glasses(target, face.landmarks_68)
+    assert found is not None and found[0].dark_lenses
+    assert (found[1][lenses] > 0.5).mean() > 0.95
+    # The swap keeps them; without glasses found, the source's eyes were painted into the lenses.
+    source = images("images/kit_harington1.jpg")
+    inside = cv2.erode(lenses.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    kept = _swap(pipe, source, target)
+    lost = _swap(pipe, source, target, keep_target_glasses=False)
+    assert np.abs(kept[inside].astype(int) - target[inside]).mean() < 3.0
+    assert np.abs(lost[inside].astype(int) - target[inside]).mean() > 20.0
 
 
 def test_a_window_gives_the_same_mask_cut_to_it(obama):
@@ -153,6 +201,32 @@ def test_the_sources_glasses_are_not_pasted_onto_the_target(pipe, images, obama)
     clean = frame_dark(_swap(pipe, image, target))
     assert carried > 150
     assert hidden < clean + 0.1 * carried
+
+
+def test_a_sources_frame_is_filled_in_from_the_sources_own_skin(pipe, images, obama):
+    # Where the source's frame was, the new face goes on as if it wore none: not a ring of the
+    # target's own skin showing through.
+    image, face = obama
+    source = _wearing(image, _frame_pixels(image.shape, face.landmarks_68), DARK)
+    target = images("images/kit_harington1.jpg")
+    clean = _swap(pipe, image, target).astype(int)
+    carried = _swap(pipe, source, target, hide_source_glasses=False).astype(int)
+    hidden = _swap(pipe, source, target).astype(int)
+    where = np.abs(carried - clean).max(axis=2) > 40  # the frame, as it lands on the target
+    assert where.sum() > 200
+    assert np.abs(hidden[where] - clean[where]).mean() < 0.25 * np.abs(carried[where] - clean[where]).mean()
+
+
+def test_the_demo_sources_real_glasses_are_found(pipe):
+    # Grace Hopper's: a dark top bar and translucent lower rims, the one real pair at hand.
+    image = pipe.load(demo_images()[0])
+    face = pipe.analyser.analyse(image, largest_only=True)[0]
+    found = find_glasses(image, face.landmarks_68)
+    assert found is not None
+    glasses, mask = found
+    assert glasses.dark and not glasses.dark_lenses
+    x0, y0, x1, y1 = face.box.astype(int)
+    assert 0.02 < (mask[y0:y1, x0:x1] > 0.5).mean() < 0.15
 
 
 def test_a_blown_out_face_is_not_taken_for_glasses(pipe, images):

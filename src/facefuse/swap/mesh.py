@@ -35,7 +35,7 @@ from facefuse.geometry import (
     transform_points,
 )
 from facefuse.masks import depth, feather, fill_polygon, mouth_interior, ramp_in
-from facefuse.masks.glasses import glasses_mask
+from facefuse.masks.glasses import find_glasses, glasses_mask
 from facefuse.masks.hair import source_hair, target_hair
 from facefuse.swap.base import SourceFace
 
@@ -57,8 +57,9 @@ class MeshSettings:
     detail: float = 1.0  # how fully the target's fine-detail level is matched (0 keeps the source's)
     hide_hair: bool = True  # the source's hair across its brows or temples lets the target show through
     keep_target_hair: bool = True  # the target's own bangs across its forehead stay in front
-    # Glasses found on the target stay in front of the new face; those found on the source let the
-    # target show through their frame, so no source's glasses are pasted onto a target.
+    # Glasses found on the target stay in front of the new face; a frame found on the source is filled
+    # in from the source's skin around it (sunglasses let the target's eyes show through), so no
+    # source's glasses are pasted onto a target.
     keep_target_glasses: bool = True
     hide_source_glasses: bool = True
     # The face's fine colour is toned down to the target's where the target has far less of it
@@ -145,9 +146,16 @@ class MeshSwapper:
         outline = region_outline(pts) - (x0, y0)
         hidden = source_hair(crop, local, fill_polygon(crop.shape[:2], outline)) if st.hide_hair else None
         if st.hide_source_glasses:
-            frame = glasses_mask(image, face.landmarks_68, (x0, y0, x0 + crop.shape[1], y0 + crop.shape[0]))
-            if frame is not None:
-                hidden = frame if hidden is None else np.maximum(hidden, frame)
+            found = find_glasses(image, face.landmarks_68, (x0, y0, x0 + crop.shape[1], y0 + crop.shape[0]))
+            if found is not None and found[0].dark_lenses:
+                # Sunglasses hide the source's eyes: the target's show through instead.
+                hidden = found[1] if hidden is None else np.maximum(hidden, found[1])
+            elif found is not None:
+                # A frame is a thin band over skin the source has all around it: filled in from there,
+                # the source's face goes on under it. Letting the target show through left a ring
+                # of the target's own skin where the frame had been.
+                radius = max(3.0, 0.03 * face.eye_distance)
+                crop = cv2.inpaint(crop, (found[1] > 0.2).astype(np.uint8), radius, cv2.INPAINT_TELEA)
         return SourceFace(
             face=face,
             image=crop,
