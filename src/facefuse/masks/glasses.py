@@ -40,7 +40,7 @@ _X = (-1.0, 1.0)  # the band, in template units around the eye midpoint
 _Y = (-0.55, 0.62)
 _SIGMAS = (1.0, 2.0)  # band pixels: frames from about 0.015 to 0.06 eye distances thick
 _SAMPLES = 48  # points along one rim
-_RIM_PERCENTILE = 20  # 80% of a rim must show a line along it
+_RIM_PERCENTILE = 25  # 75% of a rim must show a line along it
 _RIM_MIN = 0.4  # line strength along the rims, in units of the band's median curvature
 _BRIDGE_MIN = 1.6
 _BRIDGE_PERCENTILE = 30  # 70% of the way across: a wide lens's rim may cross the ends
@@ -61,6 +61,7 @@ _GRID = (
 # Real frames are not exact superellipses: each point of a rim may find its line up to 3 band pixels
 # across, which the grid's steps (4-5 px) need as well.
 _TOLERANCE = tuple(np.arange(-3, 4) / _SCALE)
+_REFINE = (0.03, 0.04, 0.04, 0.04)  # the grid's steps in centre x and y, half width and height
 # The bridge joins the lenses: from a little above their tops to a little below their centres.
 _BRIDGE_ROWS = (-0.04, 0.05)
 # A step (one side of a wrinkle, an eye's outline, a cut-out's edge) curves like half a line: line
@@ -97,24 +98,30 @@ def _superellipse(t: np.ndarray, half_width: float, half_height: float, roundnes
     return np.sign(c) * np.abs(c) ** (2.0 / roundness) * half_width * (1.0 - taper * y / half_height), y
 
 
-@cache
-def _rims() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every candidate rim: its parameters (n, 6), its points (n, S, 2) and unit normals (n, S, 2),
-    centred on the origin (the lens centre is in the parameters)."""
+def _rim_set(params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rims with these parameters (centre x and y, half width and height, roundness, taper): the
+    parameters (n, 6), their points (n, S, 2) and unit normals (n, S, 2), centred on the origin."""
     t = np.linspace(0.0, 2.0 * np.pi, _SAMPLES, endpoint=False)
-    params, points, normals = [], [], []
-    grid = itertools.product(*_GRID)
-    for cx, cy, hw, hh, n, taper in grid:
-        # Lenses are wider than tall and do not cross the nose.
-        if hh > 0.85 * hw or cx - hw * (1 + taper) < -0.02:
-            continue
+    points, normals = [], []
+    for _, _, hw, hh, n, taper in params:
         x, y = _superellipse(t, hw, hh, n, taper)
         tangent = np.c_[np.roll(x, -1) - np.roll(x, 1), np.roll(y, -1) - np.roll(y, 1)]
         normal = np.c_[tangent[:, 1], -tangent[:, 0]]
-        params.append((cx, cy, hw, hh, n, taper))
         points.append(np.c_[x, y])
         normals.append(normal / (np.linalg.norm(normal, axis=1, keepdims=True) + 1e-9))
-    return np.array(params), np.array(points, np.float32), np.array(normals, np.float32)
+    return np.array(params, np.float64), np.array(points, np.float32), np.array(normals, np.float32)
+
+
+@cache
+def _rims() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every candidate rim (see _rim_set). Lenses are wider than tall and do not cross the nose."""
+    return _rim_set(
+        [
+            (cx, cy, hw, hh, n, t)
+            for cx, cy, hw, hh, n, t in itertools.product(*_GRID)
+            if hh <= 0.85 * hw and cx - hw * (1 + t) >= -0.02
+        ]
+    )
 
 
 def find_glasses(
@@ -234,16 +241,16 @@ def _low_percentile(v: np.ndarray) -> np.ndarray:
     return np.partition(v, k, axis=-1)[..., k]
 
 
-def _rim_scores(hessians, norm: float, side: float, which: np.ndarray, edge: float) -> np.ndarray:
-    """(2, len(which)): how much of each candidate rim `which` is there as a dark line, and as a
-    bright one, for the lens on the image's right (`side` 1) or its mirror image on the left (-1)."""
-    params, points, normals = _rims()
-    params, points, normals = params[which], points[which], normals[which]
+def _rim_scores(hessians, norm: float, side: float, rims, edge: float, tolerance=_TOLERANCE) -> np.ndarray:
+    """(2, n): how much of each of the `rims` (see _rim_set) is there as a dark line and as a bright
+    one, each point within `tolerance` across it, for the lens on the image's right (`side` 1) or
+    its mirror image on the left (-1)."""
+    params, points, normals = rims
     x = side * (points[..., 0] + params[:, 0:1])
     y = points[..., 1] + params[:, 1:2]
     nx, ny = side * normals[..., 0], normals[..., 1]
     dark = bright = None
-    for d in _TOLERANCE:
+    for d in tolerance:
         line = _along(hessians, x + d * nx, y + d * ny, nx, ny, edge) / norm
         dark = line if dark is None else np.maximum(dark, line)
         bright = -line if bright is None else np.maximum(bright, -line)
@@ -262,17 +269,33 @@ def _best_rims(
     bridges = np.where(joins[None], rows[:, None, :], -np.inf).max(axis=2)  # (polarity, candidate)
     score = np.where(bridges >= _BRIDGE_MIN, np.inf, -np.inf)
     # Both lenses must be there: the left one is only scored where the right one passed.
+    everything = _rims()
     for side in (1.0, -1.0):
         which = np.flatnonzero((score >= rim_min).any(axis=0))
         if which.size == 0:
             return None
-        score[:, which] = np.minimum(score[:, which], _rim_scores(hessians, norm, side, which, edge))
+        rims = tuple(a[which] for a in everything)
+        score[:, which] = np.minimum(score[:, which], _rim_scores(hessians, norm, side, rims, edge))
     polarity, i = np.unravel_index(int(score.argmax()), score.shape)
     if score[polarity, i] < rim_min:
         return None
-    cx, cy, hw, hh, n, taper = (float(v) for v in params[i])
+    cx, cy, hw, hh, n, taper = _refined(hessians, norm, edge, params[i], polarity)
     rim, dark = float(score[polarity, i]), bool(polarity == 0)
     return Glasses((cx, cy), (hw, hh), n, taper, rim, float(bridges[polarity, i]), dark)
+
+
+def _refined(hessians, norm: float, edge: float, best: np.ndarray, polarity: int) -> tuple[float, ...]:
+    """The rim near the grid's best that lies on the frame: the grid's neighbours within its
+    tolerance score alike, and a rim a few pixels off the frame puts the frame's mask on the eyelids."""
+    cx, cy, hw, hh, n, taper = (float(v) for v in best)
+    steps = itertools.product(*(np.linspace(-0.5, 0.5, 3) * step for step in _REFINE))
+    near = [(cx + a, cy + b, hw + c, hh + d, n, taper) for a, b, c, d in steps]
+    rims = _rim_set(near)
+    close = tuple(np.arange(-1, 2) / _SCALE)
+    score = np.minimum(
+        *(_rim_scores(hessians, norm, side, rims, edge, close)[polarity] for side in (1.0, -1.0))
+    )
+    return tuple(float(v) for v in near[int(score.argmax())])
 
 
 def _bridge(hessians, norm: float, edge: float) -> tuple[np.ndarray, np.ndarray]:
