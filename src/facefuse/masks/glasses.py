@@ -90,9 +90,10 @@ class Glasses:
 _TYPICAL_LENSES = Glasses((0.38, 0.05), (0.27, 0.18), 3.0, 0.0, 0.0, 0.0, True)
 
 
-def _superellipse(t: np.ndarray, half_width: float, half_height: float, roundness: float, taper: float = 0.0):
+def _superellipse(t: np.ndarray, half_width, half_height, roundness, taper=0.0):
     """Points of a rounded rectangle (a superellipse) at angles `t`, centred on the origin, `taper`
-    times wider at the top than at the middle (and narrower at the bottom), as most frames are."""
+    times wider at the top than at the middle (and narrower at the bottom), as most frames are; the
+    sizes may be arrays that broadcast against `t`."""
     c, s = np.cos(t), np.sin(t)
     y = np.sign(s) * np.abs(s) ** (2.0 / roundness) * half_height
     return np.sign(c) * np.abs(c) ** (2.0 / roundness) * half_width * (1.0 - taper * y / half_height), y
@@ -101,15 +102,13 @@ def _superellipse(t: np.ndarray, half_width: float, half_height: float, roundnes
 def _rim_set(params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rims with these parameters (centre x and y, half width and height, roundness, taper): the
     parameters (n, 6), their points (n, S, 2) and unit normals (n, S, 2), centred on the origin."""
-    t = np.linspace(0.0, 2.0 * np.pi, _SAMPLES, endpoint=False)
-    points, normals = [], []
-    for _, _, hw, hh, n, taper in params:
-        x, y = _superellipse(t, hw, hh, n, taper)
-        tangent = np.c_[np.roll(x, -1) - np.roll(x, 1), np.roll(y, -1) - np.roll(y, 1)]
-        normal = np.c_[tangent[:, 1], -tangent[:, 0]]
-        points.append(np.c_[x, y])
-        normals.append(normal / (np.linalg.norm(normal, axis=1, keepdims=True) + 1e-9))
-    return np.array(params, np.float64), np.array(points, np.float32), np.array(normals, np.float32)
+    params = np.array(params, np.float64).reshape(-1, 6)
+    t = np.linspace(0.0, 2.0 * np.pi, _SAMPLES, endpoint=False)[None, :]
+    x, y = _superellipse(t, *(params[:, k : k + 1] for k in range(2, 6)))
+    tx, ty = np.roll(x, -1, axis=1) - np.roll(x, 1, axis=1), np.roll(y, -1, axis=1) - np.roll(y, 1, axis=1)
+    normals = np.stack([ty, -tx], axis=2)
+    normals /= np.linalg.norm(normals, axis=2, keepdims=True) + 1e-9
+    return params, np.stack([x, y], axis=2).astype(np.float32), normals.astype(np.float32)
 
 
 @cache
