@@ -7,6 +7,7 @@ import pytest
 from facefuse.cli import demo_images
 from facefuse.geometry import TEMPLATE_68, similarity
 from facefuse.masks.glasses import find_glasses
+from facefuse.stream import FrameSwapper
 from facefuse.swap import MeshSettings, MeshSwapper
 
 DARK = (22, 22, 22)
@@ -227,6 +228,54 @@ def test_the_demo_sources_real_glasses_are_found(pipe):
     assert glasses.dark and not glasses.dark_lenses
     x0, y0, x1, y1 = face.box.astype(int)
     assert 0.02 < (mask[y0:y1, x0:x1] > 0.5).mean() < 0.15
+
+
+def _faint(image, frame, opacity=0.2):
+    """The drawn frame at a fraction of its strength: glare, motion blur, a frame at an angle."""
+    out = image.copy()
+    out[frame] = (image[frame] * (1 - opacity) + np.array(DARK) * opacity).astype(np.uint8)
+    return out
+
+
+def test_glasses_seen_a_frame_ago_are_kept_when_they_turn_faint(obama):
+    image, face = obama
+    frame = _frame_pixels(image.shape, face.landmarks_68)
+    seen = find_glasses(_wearing(image, frame, DARK), face.landmarks_68)[0]
+    faint = _faint(image, frame)
+    assert find_glasses(faint, face.landmarks_68) is None  # alone, too faint to be sure of
+    kept = find_glasses(faint, face.landmarks_68, previous=seen)
+    assert kept is not None and kept[0].dark
+    x0, y0, x1, y1 = face.box.astype(int)
+    in_face = np.zeros(frame.shape, bool)
+    in_face[y0:y1, x0:x1] = True
+    assert (kept[1][frame & in_face] > 0.5).mean() > 0.8
+
+
+@pytest.mark.parametrize(
+    "name", ["images/kit_harington1.jpg", "images/biden2.jpg", "images/rose_leslie2.jpg"]
+)
+def test_a_track_never_gives_glasses_to_a_face_without_them(pipe, images, obama, name):
+    image, face = obama
+    seen = find_glasses(
+        _wearing(image, _frame_pixels(image.shape, face.landmarks_68), DARK), face.landmarks_68
+    )[0]
+    other = images(name)
+    for f in pipe.analyser.analyse(other):
+        assert find_glasses(other, f.landmarks_68, previous=seen) is None
+
+
+def test_a_streams_tracks_keep_their_glasses_through_faint_frames(pipe, images, obama):
+    # Frame by frame the faint frames alone would lose the glasses, and they would flicker.
+    image, face = obama
+    frame = _frame_pixels(image.shape, face.landmarks_68)
+    clear, faint = _wearing(image, frame, DARK), _faint(image, frame)
+    swapper = FrameSwapper(pipe, pipe.source(images("images/kit_harington1.jpg")))
+    core = cv2.erode(frame.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    outs = [swapper.process(f, i / 30).image for i, f in enumerate([clear, faint, faint, faint])]
+    for out, target in zip(outs, [clear, faint, faint, faint], strict=True):
+        assert np.abs(out[core].astype(int) - target[core]).mean() < 3.0
+    alone = pipe.swap_image(pipe.source(images("images/kit_harington1.jpg")), faint)
+    assert np.abs(alone[core].astype(int) - faint[core]).mean() > 10.0
 
 
 def test_a_blown_out_face_is_not_taken_for_glasses(pipe, images):

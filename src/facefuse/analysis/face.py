@@ -40,6 +40,9 @@ class Face:
     # (height, width) of the picture the face is in: the head pose is fitted with a camera of that size.
     image_size: tuple[int, int]
     descriptor: np.ndarray | None = field(default=None, repr=False)  # (128,) float32
+    # What swappers learned about this face in a stream's earlier frames (its track's, shared by every
+    # frame's Face of that track); None for a face seen once, as in a still image.
+    memory: dict | None = field(default=None, repr=False, compare=False)
     _pose: Pose | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

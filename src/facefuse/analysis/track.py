@@ -172,6 +172,8 @@ class Track:
     smoother: LandmarkSmoother = field(
         default_factory=lambda: LandmarkSmoother(TrackerSettings()), repr=False
     )
+    # Handed to every frame's Face of this track (Face.memory): a new track starts with none.
+    memory: dict = field(default_factory=dict, repr=False)
 
     @property
     def visible(self) -> bool:
@@ -417,6 +419,7 @@ class FaceTracker:
             raw_68=face.landmarks_68,
             smoother=LandmarkSmoother(st),
         )
+        face.memory = track.memory
         self.tracks.append(track)
 
     def _reclaim(self, face: Face, t: float) -> int:
@@ -463,6 +466,7 @@ class FaceTracker:
             image_size=shape[:2],
             sharpness=track.face.sharpness,
             descriptor=track.descriptor,
+            memory=track.memory,
         )
 
 

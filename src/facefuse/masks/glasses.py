@@ -62,6 +62,7 @@ _GRID = (
 # across, which the grid's steps (4-5 px) need as well.
 _TOLERANCE = tuple(np.arange(-3, 4) / _SCALE)
 _REFINE = (0.03, 0.04, 0.04, 0.04)  # the grid's steps in centre x and y, half width and height
+_KEEP = 0.6  # of the thresholds: the bar glasses seen a frame ago must clear to be kept
 # The bridge joins the lenses: from a little above their tops to a little below their centres.
 _BRIDGE_ROWS = (-0.04, 0.05)
 # A step (one side of a wrinkle, an eye's outline, a cut-out's edge) curves like half a line: line
@@ -84,6 +85,7 @@ class Glasses:
     bridge_score: float
     dark: bool  # a dark frame (else a bright, e.g. metal, one)
     dark_lenses: bool = False  # sunglasses: the lenses are part of what stays in front
+    edge: float = _EDGE  # the step discount its rims were scored with (0 for sunglasses' edges)
 
 
 # Where lenses usually sit: a first, cheap look at how dark the eyes' surroundings are.
@@ -124,11 +126,18 @@ def _rims() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def find_glasses(
-    image: np.ndarray, points_68: np.ndarray, window: tuple[int, int, int, int] | None = None
+    image: np.ndarray,
+    points_68: np.ndarray,
+    window: tuple[int, int, int, int] | None = None,
+    previous: Glasses | None = None,
 ) -> tuple[Glasses, np.ndarray] | None:
     """The glasses on the face with these 68 landmarks (in `image`'s coordinates) and a float32 mask
     (1 = frame) over `image`, or over its `window` (x0, y0, x1, y1) when given; None when none are
-    found. The whole image is looked at either way: the frame's arms reach past a face's region."""
+    found. The whole image is looked at either way: the frame's arms reach past a face's region.
+
+    `previous`: the glasses this face wore a frame ago (a video's track). They are looked for first,
+    near where they were and against a lower bar, so a pair near the threshold does not come and go
+    from frame to frame; only when they are not there is the face searched afresh."""
     if float(np.linalg.norm(points_68[45] - points_68[36])) < _MIN_EYE_DISTANCE:
         return None
     band, to_band = _eye_band(image, points_68)
@@ -140,20 +149,20 @@ def find_glasses(
         return None
     curvature = np.abs(hessians[0][..., 0]) + np.abs(hessians[0][..., 1])
     norm = max(float(np.median(curvature[unclipped])), _MIN_NORM)
+    found = None if previous is None else _follow(hessians, norm, previous)
     # Clear lenses: a frame is a line, and the bridge, cheap to test, rules most faces out first.
-    edge = _EDGE
-    found = _search(hessians, norm, edge, _RIM_MIN)
+    if found is None:
+        found = _search(hessians, norm, _EDGE, _RIM_MIN)
     # Sunglasses: the rim is the edge of a dark lens, which the line test discounts on purpose (a
     # wrinkle's or an eye's edge looks like half a line). Searched without that discount, and only
     # where the eyes' surroundings are dark, the lenses found must be dark as well.
     if found is None and _lens_darkness(band, _TYPICAL_LENSES, None) < _MAYBE_DARK_LENSES:
-        edge = 0.0
-        found = _search(hessians, norm, edge, _SUNGLASSES_RIM_MIN)
+        found = _search(hessians, norm, 0.0, _SUNGLASSES_RIM_MIN)
     if found is None:
         return None
-    lines = _frame_lines(hessians, norm, found, edge)
+    lines = _frame_lines(hessians, norm, found)
     found = replace(found, dark_lenses=_lens_darkness(band, found, lines) < _DARK_LENSES)
-    if edge == 0.0 and not found.dark_lenses:
+    if found.edge == 0.0 and not found.dark_lenses:
         return None
     frame = _frame_mask(lines, found)
     x0, y0, x1, y1 = (0, 0, image.shape[1], image.shape[0]) if window is None else (int(v) for v in window)
@@ -169,15 +178,6 @@ def _search(hessians, norm: float, edge: float, rim_min: float) -> Glasses | Non
     """The best glasses whose rims reach `rim_min`, lines discounted by `edge` times the gradient."""
     bridge = _bridge(hessians, norm, edge)
     return _best_rims(hessians, norm, bridge, edge, rim_min) if bridge[1].max() >= _BRIDGE_MIN else None
-
-
-def glasses_mask(
-    image: np.ndarray, points_68: np.ndarray, window: tuple[int, int, int, int] | None = None
-) -> np.ndarray | None:
-    """A float32 mask (1 = a glasses frame) over `image` or its `window`, or None when the face wears
-    none that can be found."""
-    found = find_glasses(image, points_68, window)
-    return None if found is None else found[1]
 
 
 def _to_band(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -262,10 +262,7 @@ def _best_rims(
     """The best pair of rims of a polarity with a bridge (`bridge`: rows, and their dark and bright
     scores) at a height that joins them."""
     params = _rims()[0]
-    ys, rows = bridge
-    lo, hi = params[:, 1] - params[:, 3] + _BRIDGE_ROWS[0], params[:, 1] + _BRIDGE_ROWS[1]
-    joins = (ys[None, :] >= lo[:, None]) & (ys[None, :] <= hi[:, None])
-    bridges = np.where(joins[None], rows[:, None, :], -np.inf).max(axis=2)  # (polarity, candidate)
+    bridges = _joining(bridge, params)
     score = np.where(bridges >= _BRIDGE_MIN, np.inf, -np.inf)
     # Both lenses must be there: the left one is only scored where the right one passed.
     everything = _rims()
@@ -280,21 +277,55 @@ def _best_rims(
         return None
     cx, cy, hw, hh, n, taper = _refined(hessians, norm, edge, params[i], polarity)
     rim, dark = float(score[polarity, i]), bool(polarity == 0)
-    return Glasses((cx, cy), (hw, hh), n, taper, rim, float(bridges[polarity, i]), dark)
+    return Glasses((cx, cy), (hw, hh), n, taper, rim, float(bridges[polarity, i]), dark, edge=edge)
+
+
+def _joining(bridge: tuple[np.ndarray, np.ndarray], params: np.ndarray) -> np.ndarray:
+    """(2, n): per polarity, the strongest bridge at a height that joins each pair of rims."""
+    ys, rows = bridge
+    lo, hi = params[:, 1] - params[:, 3] + _BRIDGE_ROWS[0], params[:, 1] + _BRIDGE_ROWS[1]
+    joins = (ys[None, :] >= lo[:, None]) & (ys[None, :] <= hi[:, None])
+    return np.where(joins[None], rows[:, None, :], -np.inf).max(axis=2)
+
+
+def _around(best) -> np.ndarray:
+    """Rims within half a grid step of `best`'s centre and size, its roundness and taper."""
+    cx, cy, hw, hh, n, taper = (float(v) for v in best)
+    steps = itertools.product(*(np.linspace(-0.5, 0.5, 3) * step for step in _REFINE))
+    return np.array([(cx + a, cy + b, hw + c, hh + d, n, taper) for a, b, c, d in steps])
 
 
 def _refined(hessians, norm: float, edge: float, best: np.ndarray, polarity: int) -> tuple[float, ...]:
     """The rim near the grid's best that lies on the frame: the grid's neighbours within its
     tolerance score alike, and a rim a few pixels off the frame puts the frame's mask on the eyelids."""
-    cx, cy, hw, hh, n, taper = (float(v) for v in best)
-    steps = itertools.product(*(np.linspace(-0.5, 0.5, 3) * step for step in _REFINE))
-    near = [(cx + a, cy + b, hw + c, hh + d, n, taper) for a, b, c, d in steps]
+    near = _around(best)
     rims = _rim_set(near)
     close = tuple(np.arange(-1, 2) / _SCALE)
     score = np.minimum(
         *(_rim_scores(hessians, norm, side, rims, edge, close)[polarity] for side in (1.0, -1.0))
     )
     return tuple(float(v) for v in near[int(score.argmax())])
+
+
+def _follow(hessians, norm: float, previous: Glasses) -> Glasses | None:
+    """`previous` glasses, looked for near where they were and against a lower bar, or None."""
+    polarity = 0 if previous.dark else 1
+    params = (*previous.centre, *previous.half_size, previous.roundness, previous.taper)
+    near = _around(params)
+    rims = _rim_set(near)
+    score = np.minimum(
+        *(_rim_scores(hessians, norm, side, rims, previous.edge)[polarity] for side in (1.0, -1.0))
+    )
+    bridges = _joining(_bridge(hessians, norm, previous.edge), near)[polarity]
+    rim_min = _RIM_MIN if previous.edge else _SUNGLASSES_RIM_MIN
+    score = np.where(bridges >= _KEEP * _BRIDGE_MIN, score, -np.inf)
+    i = int(score.argmax())
+    if score[i] < _KEEP * rim_min:
+        return None
+    cx, cy, hw, hh, n, taper = (float(v) for v in near[i])
+    return Glasses(
+        (cx, cy), (hw, hh), n, taper, float(score[i]), float(bridges[i]), previous.dark, edge=previous.edge
+    )
 
 
 def _bridge(hessians, norm: float, edge: float) -> tuple[np.ndarray, np.ndarray]:
@@ -340,7 +371,7 @@ def _lens_darkness(band: np.ndarray, glasses: Glasses, lines: np.ndarray | None)
     return float(np.median(band[inside > 0])) / max(float(np.median(band[cheeks > 0])), 1.0)
 
 
-def _frame_lines(hessians, norm: float, glasses: Glasses, edge: float) -> np.ndarray:
+def _frame_lines(hessians, norm: float, glasses: Glasses) -> np.ndarray:
     """In band pixels (uint8, 1 = frame): line pixels of the found polarity near the rims, across the
     bridge and along the arms. The band and the candidate rims are fixed in template units, so every
     box below lies inside the band."""
@@ -350,7 +381,7 @@ def _frame_lines(hessians, norm: float, glasses: Glasses, edge: float) -> np.nda
         # The Hessian's eigenvalues: the larger is a dark line's strength, minus the smaller a bright one's.
         half_trace, root = 0.5 * (xx + yy), np.sqrt(0.25 * (xx - yy) ** 2 + xy * xy)
         strength = (half_trace + root) if glasses.dark else (root - half_trace)
-        strength = strength - edge * np.hypot(hessian[..., 3], hessian[..., 4])
+        strength = strength - glasses.edge * np.hypot(hessian[..., 3], hessian[..., 4])
         line = strength if line is None else np.maximum(line, strength)
     strong = line / norm > 0.5 * glasses.rim_score
 
