@@ -1,5 +1,7 @@
 """Glasses: a target's stay in front of the new face, a source's are not pasted onto the target."""
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -249,6 +251,22 @@ def test_glasses_seen_a_frame_ago_are_kept_when_they_turn_faint(obama):
     in_face = np.zeros(frame.shape, bool)
     in_face[y0:y1, x0:x1] = True
     assert (kept[1][frame & in_face] > 0.5).mean() > 0.8
+
+
+def test_followed_glasses_stay_put_and_a_pair_that_is_not_what_it_was_is_searched_afresh(obama):
+    image, face = obama
+    target = _wearing(image, _frame_pixels(image.shape, face.landmarks_68), DARK)
+    fresh = find_glasses(target, face.landmarks_68)[0]
+    # Fed the same frame again and again, the followed pair does not wander off.
+    seen = fresh
+    for _ in range(8):
+        seen = find_glasses(target, face.landmarks_68, previous=seen)[0]
+    assert (seen.centre, seen.half_size) == (fresh.centre, fresh.half_size)
+    # Remembered as sunglasses (found from its lenses' edges), but the lenses are clear now: the
+    # frame is still found, by a fresh search, instead of being dropped for the frame.
+    as_sunglasses = replace(fresh, edge=0.0, dark_lenses=True)
+    found = find_glasses(target, face.landmarks_68, previous=as_sunglasses)
+    assert found is not None and found[0].edge > 0 and not found[0].dark_lenses
 
 
 @pytest.mark.parametrize(

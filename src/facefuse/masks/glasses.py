@@ -115,14 +115,15 @@ def _rim_set(params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @cache
 def _rims() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every candidate rim (see _rim_set). Lenses are wider than tall and do not cross the nose."""
-    return _rim_set(
-        [
-            (cx, cy, hw, hh, n, t)
-            for cx, cy, hw, hh, n, t in itertools.product(*_GRID)
-            if hh <= 0.85 * hw and cx - hw * (1 + t) >= -0.02
-        ]
-    )
+    """Every admissible candidate rim on the grid (see _rim_set)."""
+    grid = np.array(list(itertools.product(*_GRID)))
+    return _rim_set(grid[_admissible(grid)])
+
+
+def _admissible(params: np.ndarray) -> np.ndarray:
+    """Which rims (rows of parameters) are lens-like: wider than tall, and clear of the nose."""
+    cx, hw, hh, taper = params[:, 0], params[:, 2], params[:, 3], params[:, 5]
+    return (hh <= 0.85 * hw) & (cx - hw * (1 + taper) >= -0.02)
 
 
 def find_glasses(
@@ -135,7 +136,7 @@ def find_glasses(
     (1 = frame) over `image`, or over its `window` (x0, y0, x1, y1) when given; None when none are
     found. The whole image is looked at either way: the frame's arms reach past a face's region.
 
-    `previous`: the glasses this face wore a frame ago (a video's track). They are looked for first,
+    `previous`: the glasses this face wore when last seen (a video's track). They are looked for first,
     near where they were and against a lower bar, so a pair near the threshold does not come and go
     from frame to frame; only when they are not there is the face searched afresh."""
     if float(np.linalg.norm(points_68[45] - points_68[36])) < _MIN_EYE_DISTANCE:
@@ -149,21 +150,18 @@ def find_glasses(
         return None
     curvature = np.abs(hessians[0][..., 0]) + np.abs(hessians[0][..., 1])
     norm = max(float(np.median(curvature[unclipped])), _MIN_NORM)
-    found = None if previous is None else _follow(hessians, norm, previous)
+    found = None if previous is None else _confirmed(band, hessians, norm, _follow(hessians, norm, previous))
     # Clear lenses: a frame is a line, and the bridge, cheap to test, rules most faces out first.
     if found is None:
-        found = _search(hessians, norm, _EDGE, _RIM_MIN)
+        found = _confirmed(band, hessians, norm, _search(hessians, norm, _EDGE, _RIM_MIN))
     # Sunglasses: the rim is the edge of a dark lens, which the line test discounts on purpose (a
     # wrinkle's or an eye's edge looks like half a line). Searched without that discount, and only
     # where the eyes' surroundings are dark, the lenses found must be dark as well.
     if found is None and _lens_darkness(band, _TYPICAL_LENSES, None) < _MAYBE_DARK_LENSES:
-        found = _search(hessians, norm, 0.0, _SUNGLASSES_RIM_MIN)
+        found = _confirmed(band, hessians, norm, _search(hessians, norm, 0.0, _SUNGLASSES_RIM_MIN))
     if found is None:
         return None
-    lines = _frame_lines(hessians, norm, found)
-    found = replace(found, dark_lenses=_lens_darkness(band, found, lines) < _DARK_LENSES)
-    if found.edge == 0.0 and not found.dark_lenses:
-        return None
+    found, lines = found
     frame = _frame_mask(lines, found)
     x0, y0, x1, y1 = (0, 0, image.shape[1], image.shape[0]) if window is None else (int(v) for v in window)
     if x1 <= x0 or y1 <= y0:  # warpAffine would take an empty size to mean the band's own
@@ -172,6 +170,18 @@ def find_glasses(
     to_band[:, 2] += to_band[:, :2] @ (x0, y0)  # window -> band
     mask = cv2.warpAffine(frame, to_band, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     return found, np.clip(mask, 0.0, 1.0)
+
+
+def _confirmed(
+    band: np.ndarray, hessians, norm: float, found: Glasses | None
+) -> tuple[Glasses, np.ndarray] | None:
+    """Found glasses with their frame's line pixels and whether their lenses are dark, or None where
+    a pair found as sunglasses (from the edges of its lenses) turns out to have clear lenses."""
+    if found is None:
+        return None
+    lines = _frame_lines(hessians, norm, found)
+    found = replace(found, dark_lenses=_lens_darkness(band, found, lines) < _DARK_LENSES)
+    return None if found.edge == 0.0 and not found.dark_lenses else (found, lines)
 
 
 def _search(hessians, norm: float, edge: float, rim_min: float) -> Glasses | None:
@@ -299,6 +309,7 @@ def _refined(hessians, norm: float, edge: float, best: np.ndarray, polarity: int
     """The rim near the grid's best that lies on the frame: the grid's neighbours within its
     tolerance score alike, and a rim a few pixels off the frame puts the frame's mask on the eyelids."""
     near = _around(best)
+    near = near[_admissible(near)]  # `best` itself always is
     rims = _rim_set(near)
     close = tuple(np.arange(-1, 2) / _SCALE)
     score = np.minimum(
@@ -308,20 +319,28 @@ def _refined(hessians, norm: float, edge: float, best: np.ndarray, polarity: int
 
 
 def _follow(hessians, norm: float, previous: Glasses) -> Glasses | None:
-    """`previous` glasses, looked for near where they were and against a lower bar, or None."""
+    """`previous` glasses, looked for near where they were and against a lower bar, or None. Of the
+    rims that clear it, the one lying closest on the frame is taken (as _refined does), so the pair
+    does not wander from frame to frame; it stays within the grid's range."""
     polarity = 0 if previous.dark else 1
-    params = (*previous.centre, *previous.half_size, previous.roundness, previous.taper)
-    near = _around(params)
+    near = _around((*previous.centre, *previous.half_size, previous.roundness, previous.taper))
+    lo, hi = (np.array([min(axis) for axis in _GRID[:4]]), np.array([max(axis) for axis in _GRID[:4]]))
+    near = near[np.all((near[:, :4] >= lo) & (near[:, :4] <= hi), axis=1) & _admissible(near)]
+    if len(near) == 0:
+        return None
     rims = _rim_set(near)
-    score = np.minimum(
-        *(_rim_scores(hessians, norm, side, rims, previous.edge)[polarity] for side in (1.0, -1.0))
+    sides = (1.0, -1.0)
+    score = np.minimum(*(_rim_scores(hessians, norm, side, rims, previous.edge)[polarity] for side in sides))
+    close = tuple(np.arange(-1, 2) / _SCALE)
+    on_it = np.minimum(
+        *(_rim_scores(hessians, norm, side, rims, previous.edge, close)[polarity] for side in sides)
     )
     bridges = _joining(_bridge(hessians, norm, previous.edge), near)[polarity]
     rim_min = _RIM_MIN if previous.edge else _SUNGLASSES_RIM_MIN
-    score = np.where(bridges >= _KEEP * _BRIDGE_MIN, score, -np.inf)
-    i = int(score.argmax())
-    if score[i] < _KEEP * rim_min:
+    kept = (bridges >= _KEEP * _BRIDGE_MIN) & (score >= _KEEP * rim_min)
+    if not kept.any():
         return None
+    i = int(np.where(kept, on_it, -np.inf).argmax())
     cx, cy, hw, hh, n, taper = (float(v) for v in near[i])
     return Glasses(
         (cx, cy), (hw, hh), n, taper, float(score[i]), float(bridges[i]), previous.dark, edge=previous.edge
@@ -381,6 +400,7 @@ def _frame_lines(hessians, norm: float, glasses: Glasses) -> np.ndarray:
         # The Hessian's eigenvalues: the larger is a dark line's strength, minus the smaller a bright one's.
         half_trace, root = 0.5 * (xx + yy), np.sqrt(0.25 * (xx - yy) ** 2 + xy * xy)
         strength = (half_trace + root) if glasses.dark else (root - half_trace)
+        # The whole gradient, not only the part across a rim as in scoring: a pixel has no rim here.
         strength = strength - glasses.edge * np.hypot(hessian[..., 3], hessian[..., 4])
         line = strength if line is None else np.maximum(line, strength)
     strong = line / norm > 0.5 * glasses.rim_score
