@@ -53,6 +53,14 @@ def _frame_pixels(shape, points, thickness=0.035, half=(0.26, 0.17), centre=(0.3
     return _draw(shape, points, lines, thickness)
 
 
+def _in_box(shape, face):
+    """A bool mask of the face's box: where the swap may change the frame."""
+    x0, y0, x1, y1 = face.box.astype(int)
+    inside = np.zeros(shape[:2], bool)
+    inside[y0:y1, x0:x1] = True
+    return inside
+
+
 def _wearing(image, frame, colour):
     out = image.copy()
     out[frame] = colour
@@ -75,9 +83,7 @@ def test_drawn_glasses_are_found_with_their_frame(obama):
     assert mask.shape == image.shape[:2]
     # Nearly all the frame over the face, and little else there (a brow hair or a crease beside the
     # rim at most): this mask is what stays the target's.
-    x0, y0, x1, y1 = face.box.astype(int)
-    in_face = np.zeros(frame.shape, bool)
-    in_face[y0:y1, x0:x1] = True
+    in_face = _in_box(frame.shape, face)
     on = (mask > 0.5) & in_face
     assert on[frame & in_face].mean() > 0.85
     beside = cv2.dilate(frame.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
@@ -101,9 +107,7 @@ def test_a_frame_wider_at_the_top_is_found_with_its_frame(obama):
     assert found is not None
     glasses, mask = found
     assert not glasses.dark_lenses
-    x0, y0, x1, y1 = face.box.astype(int)
-    in_face = np.zeros(frame.shape, bool)
-    in_face[y0:y1, x0:x1] = True
+    in_face = _in_box(frame.shape, face)
     assert (mask[frame & in_face] > 0.5).mean() > 0.85
 
 
@@ -247,9 +251,7 @@ def test_glasses_seen_a_frame_ago_are_kept_when_they_turn_faint(obama):
     assert find_glasses(faint, face.landmarks_68) is None  # alone, too faint to be sure of
     kept = find_glasses(faint, face.landmarks_68, previous=seen)
     assert kept is not None and kept[0].dark
-    x0, y0, x1, y1 = face.box.astype(int)
-    in_face = np.zeros(frame.shape, bool)
-    in_face[y0:y1, x0:x1] = True
+    in_face = _in_box(frame.shape, face)
     assert (kept[1][frame & in_face] > 0.5).mean() > 0.8
 
 

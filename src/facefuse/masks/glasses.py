@@ -61,6 +61,9 @@ _GRID = (
 # Real frames are not exact superellipses: each point of a rim may find its line up to 3 band pixels
 # across, which the grid's steps (4-5 px) need as well.
 _TOLERANCE = tuple(np.arange(-3, 4) / _SCALE)
+_CLOSE = tuple(np.arange(-1, 2) / _SCALE)  # on the frame: within a pixel of it
+_GRID_LOW = np.array([min(axis) for axis in _GRID[:4]])  # the range of the centres and sizes
+_GRID_HIGH = np.array([max(axis) for axis in _GRID[:4]])
 _REFINE = (0.03, 0.04, 0.04, 0.04)  # the grid's steps in centre x and y, half width and height
 _KEEP = 0.6  # of the thresholds: the bar glasses seen a frame ago must clear to be kept
 # The bridge joins the lenses: from a little above their tops to a little below their centres.
@@ -237,16 +240,9 @@ def _along(hessians, x: np.ndarray, y: np.ndarray, nx: np.ndarray, ny: np.ndarra
     return best
 
 
-def _low_percentiles(v: np.ndarray, percentile: int) -> np.ndarray:
-    """(2, rows): per row, the value that most of it reaches as a dark line, and as a bright one."""
-    k = v.shape[1] * percentile // 100
-    part = np.partition(v, (k, v.shape[1] - 1 - k), axis=1)
-    return np.stack([part[:, k], -part[:, v.shape[1] - 1 - k]])
-
-
-def _low_percentile(v: np.ndarray) -> np.ndarray:
-    """Per row, the value that most of it reaches."""
-    k = v.shape[-1] * _RIM_PERCENTILE // 100
+def _low_percentile(v: np.ndarray, percentile: int = _RIM_PERCENTILE) -> np.ndarray:
+    """Per row, the value that all but `percentile` per cent of it reaches."""
+    k = v.shape[-1] * percentile // 100
     return np.partition(v, k, axis=-1)[..., k]
 
 
@@ -266,16 +262,23 @@ def _rim_scores(hessians, norm: float, side: float, rims, edge: float, tolerance
     return np.stack([_low_percentile(dark), _low_percentile(bright)])
 
 
+def _both_lenses(hessians, norm: float, rims, edge: float, polarity: int, tolerance=_TOLERANCE) -> np.ndarray:
+    """(n,): how much of the weaker lens of each pair of `rims` is there, as lines of `polarity`."""
+    return np.minimum(
+        *(_rim_scores(hessians, norm, side, rims, edge, tolerance)[polarity] for side in (1.0, -1.0))
+    )
+
+
 def _best_rims(
     hessians, norm: float, bridge: tuple[np.ndarray, np.ndarray], edge: float, rim_min: float
 ) -> Glasses | None:
     """The best pair of rims of a polarity with a bridge (`bridge`: rows, and their dark and bright
     scores) at a height that joins them."""
-    params = _rims()[0]
+    everything = _rims()
+    params = everything[0]
     bridges = _joining(bridge, params)
     score = np.where(bridges >= _BRIDGE_MIN, np.inf, -np.inf)
     # Both lenses must be there: the left one is only scored where the right one passed.
-    everything = _rims()
     for side in (1.0, -1.0):
         which = np.flatnonzero((score >= rim_min).any(axis=0))
         if which.size == 0:
@@ -310,11 +313,7 @@ def _refined(hessians, norm: float, edge: float, best: np.ndarray, polarity: int
     tolerance score alike, and a rim a few pixels off the frame puts the frame's mask on the eyelids."""
     near = _around(best)
     near = near[_admissible(near)]  # `best` itself always is
-    rims = _rim_set(near)
-    close = tuple(np.arange(-1, 2) / _SCALE)
-    score = np.minimum(
-        *(_rim_scores(hessians, norm, side, rims, edge, close)[polarity] for side in (1.0, -1.0))
-    )
+    score = _both_lenses(hessians, norm, _rim_set(near), edge, polarity, _CLOSE)
     return tuple(float(v) for v in near[int(score.argmax())])
 
 
@@ -324,17 +323,13 @@ def _follow(hessians, norm: float, previous: Glasses) -> Glasses | None:
     does not wander from frame to frame; it stays within the grid's range."""
     polarity = 0 if previous.dark else 1
     near = _around((*previous.centre, *previous.half_size, previous.roundness, previous.taper))
-    lo, hi = (np.array([min(axis) for axis in _GRID[:4]]), np.array([max(axis) for axis in _GRID[:4]]))
-    near = near[np.all((near[:, :4] >= lo) & (near[:, :4] <= hi), axis=1) & _admissible(near)]
+    in_grid = np.all((near[:, :4] >= _GRID_LOW) & (near[:, :4] <= _GRID_HIGH), axis=1)
+    near = near[in_grid & _admissible(near)]
     if len(near) == 0:
         return None
     rims = _rim_set(near)
-    sides = (1.0, -1.0)
-    score = np.minimum(*(_rim_scores(hessians, norm, side, rims, previous.edge)[polarity] for side in sides))
-    close = tuple(np.arange(-1, 2) / _SCALE)
-    on_it = np.minimum(
-        *(_rim_scores(hessians, norm, side, rims, previous.edge, close)[polarity] for side in sides)
-    )
+    score = _both_lenses(hessians, norm, rims, previous.edge, polarity)
+    on_it = _both_lenses(hessians, norm, rims, previous.edge, polarity, _CLOSE)
     bridges = _joining(_bridge(hessians, norm, previous.edge), near)[polarity]
     rim_min = _RIM_MIN if previous.edge else _SUNGLASSES_RIM_MIN
     kept = (bridges >= _KEEP * _BRIDGE_MIN) & (score >= _KEEP * rim_min)
@@ -354,13 +349,13 @@ def _bridge(hessians, norm: float, edge: float) -> tuple[np.ndarray, np.ndarray]
     ys = np.arange(-0.3, 0.12, 1.0 / _SCALE, dtype=np.float32)
     x, y = np.broadcast_arrays(xs[None, :], ys[:, None])
     v = _along(hessians, x, y, np.zeros_like(x), np.ones_like(x), edge) / norm
-    return ys, _low_percentiles(v, _BRIDGE_PERCENTILE)
+    return ys, np.stack([_low_percentile(v, _BRIDGE_PERCENTILE), _low_percentile(-v, _BRIDGE_PERCENTILE)])
 
 
-def _lens_polygons(glasses: Glasses, shrink: float = 1.0) -> list[np.ndarray]:
+def _lens_polygons(glasses: Glasses, shrink: float = 1.0, samples: int = 2 * _SAMPLES) -> list[np.ndarray]:
     """Both lenses' rims as band-pixel polygons, `shrink` times their size about their centres."""
     (cx, cy), (hw, hh) = glasses.centre, glasses.half_size
-    t = np.linspace(0.0, 2.0 * np.pi, 2 * _SAMPLES, endpoint=False)
+    t = np.linspace(0.0, 2.0 * np.pi, samples, endpoint=False)
     rx, ry = _superellipse(t, shrink * hw, shrink * hh, glasses.roundness, glasses.taper)
     polygons = []
     for side in (-1.0, 1.0):
@@ -408,13 +403,9 @@ def _frame_lines(hessians, norm: float, glasses: Glasses) -> np.ndarray:
     h, w = line.shape
     near = np.zeros((h, w), np.uint8)
     (cx, cy), (hw, hh) = glasses.centre, glasses.half_size
-    t = np.linspace(0.0, 2.0 * np.pi, 4 * _SAMPLES, endpoint=False)
-    rx, ry = _superellipse(t, hw, hh, glasses.roundness, glasses.taper)
-    ry = ry + cy
     ring = max(1, round(_RING * _SCALE))
+    cv2.polylines(near, _lens_polygons(glasses, samples=4 * _SAMPLES), True, 1, 2 * ring + 1)
     for side in (-1.0, 1.0):
-        bx, by = _to_band(side * (rx + cx), ry)
-        cv2.polylines(near, [np.round(np.c_[bx, by]).astype(np.int32)], True, 1, 2 * ring + 1)
         # The arm leaves the lens's outer side near its top and runs to the temple.
         ax, ay = _to_band(np.array([side * (cx + hw), side * 1.0]), np.array([cy - 0.4 * hh, cy - 0.4 * hh]))
         y0, y1 = int(ay[0] - 0.6 * hh * _SCALE), int(ay[0] + 0.3 * hh * _SCALE)

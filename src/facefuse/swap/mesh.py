@@ -152,10 +152,9 @@ class MeshSwapper:
                 hidden = found[1] if hidden is None else np.maximum(hidden, found[1])
             elif found is not None:
                 # A frame is a thin band over skin the source has all around it: filled in from there,
-                # the source's face goes on under it. Letting the target show through left a ring
-                # of the target's own skin where the frame had been.
-                # A small fixed radius: the fill still reaches across a thick frame from its edges,
-                # and the cost grows with its square (a close-up took 17 s with one that grew).
+                # the source's face goes on under it (letting the target show through left a ring of
+                # the target's own skin). The radius stays small: the fill still crosses a thick frame
+                # from its edges, and its cost grows with the square (17 s on a close-up otherwise).
                 crop = cv2.inpaint(crop, (found[1] > 0.2).astype(np.uint8), 3.0, cv2.INPAINT_TELEA)
         return SourceFace(
             face=face,
