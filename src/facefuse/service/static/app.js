@@ -81,11 +81,14 @@ const api = {
     } catch {
       throw new ApiError(0, "network", "Cannot reach the facefuse server. Is it still running?");
     }
+    if (res.ok) return res;
+    const err = await errorFrom(res);
     // Refused with a key the user has since replaced (a slow answer to a request sent before the
-    // new key was typed): ask again with the new key rather than asking the user again.
-    if (res.status === 401 && this.key && this.key !== sent) return this.fetch(path, { method, body });
-    if (!res.ok) throw await errorFrom(res);
-    return res;
+    // new key was typed): ask again with the new key rather than asking the user again. Checked
+    // after the body is read, since the key may change while it arrives; from here to the caller's
+    // handler only microtasks run, so no typed key can slip in between.
+    if (err.status === 401 && this.key && this.key !== sent) return this.fetch(path, { method, body });
+    throw err;
   },
 
   async json(path, options) {
