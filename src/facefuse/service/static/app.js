@@ -1021,7 +1021,11 @@ function liveConnect() {
   live.ws = ws;
   live.ready = false;
   live.inflight = [];
-  ws.addEventListener("open", () => ws.send(JSON.stringify({ type: "hello", key: api.key || null })));
+  let sent = null;
+  ws.addEventListener("open", () => {
+    sent = api.key || null;
+    ws.send(JSON.stringify({ type: "hello", key: sent }));
+  });
   ws.addEventListener("message", (e) => {
     if (live.ws !== ws) return;
     if (typeof e.data === "string") liveMessage(JSON.parse(e.data));
@@ -1035,7 +1039,9 @@ function liveConnect() {
     live.pending = [];
     if (e.code === 4401) {
       liveStop();
-      askForKey(e.reason || LIVE_CLOSE_REASONS[4401], liveStart);
+      // Refused a key the user has since replaced: start again with the new one, as api.fetch does.
+      if (api.key && api.key !== sent) liveStart();
+      else askForKey(e.reason || LIVE_CLOSE_REASONS[4401], liveStart);
     } else if (e.code !== 1000 && e.code !== 1001) {
       liveError(e.reason || LIVE_CLOSE_REASONS[e.code] || `The live connection closed (code ${e.code}).`);
       liveStop();
