@@ -100,8 +100,10 @@ def browser():
             chromium.close()
 
 
-def _open(browser, url: str):
+def _open(browser, url: str, init_script: str | None = None):
     context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+    if init_script:
+        context.add_init_script(init_script)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -246,12 +248,7 @@ def test_page_asks_for_an_api_key_only_when_the_server_wants_one(browser, tmp_pa
     )
     key = created.stdout.strip()
     with _serve(root, "--require-keys") as base:
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        context.add_init_script(SLOW_REFUSALS)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(base)
+        context, page, errors = _open(browser, base, SLOW_REFUSALS)
         panel = page.locator("#apikey")
         page.set_input_files("#source-input", media(SOURCE))
         expect(panel).to_be_visible(timeout=20_000)
