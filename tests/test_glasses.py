@@ -8,7 +8,7 @@ import pytest
 
 from facefuse.cli import demo_images
 from facefuse.geometry import TEMPLATE_68, similarity
-from facefuse.masks.glasses import find_glasses
+from facefuse.masks.glasses import find_glasses, lens_glare
 from facefuse.stream import FrameSwapper
 from facefuse.swap import MeshSettings, MeshSwapper
 
@@ -222,6 +222,52 @@ def test_a_sources_frame_is_filled_in_from_the_sources_own_skin(pipe, images, ob
     where = np.abs(carried - clean).max(axis=2) > 40  # the frame, as it lands on the target
     assert where.sum() > 200
     assert np.abs(hidden[where] - clean[where]).mean() < 0.25 * np.abs(carried[where] - clean[where]).mean()
+
+
+def _glare_pixels(shape, points):
+    """A reflection on each lens, below the eye (template units): a filled bool mask."""
+    t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    blob = np.c_[0.08 * np.cos(t), 0.035 * np.sin(t)]
+    return _draw(shape, points, [(blob + (side * 0.40, 0.15), True) for side in (-1, 1)])
+
+
+def _white(image):
+    """Near-white, nearly colourless pixels: glare, never skin."""
+    rgb = image.astype(int)
+    return (rgb.min(axis=2) > 225) & (rgb.max(axis=2) - rgb.min(axis=2) < 20)
+
+
+def test_glare_on_a_sources_clear_lenses_is_not_pasted_onto_the_target(pipe, images, obama):
+    image, face = obama
+    glare = _glare_pixels(image.shape, face.landmarks_68)
+    source = _wearing(
+        _wearing(image, _frame_pixels(image.shape, face.landmarks_68), DARK), glare, (248, 249, 252)
+    )
+    glasses, _ = find_glasses(source, face.landmarks_68)
+    found = lens_glare(source, face.landmarks_68, glasses) > 0
+    assert found[glare].mean() > 0.95
+    # Only the glare, grown by the pixel or two of its soft edge: the eyes, whites and all, are kept.
+    near = cv2.dilate(glare.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    assert found[~near].sum() < 0.05 * glare.sum()
+    eyes = _draw(image.shape, face.landmarks_68, [(TEMPLATE_68[36:42], True), (TEMPLATE_68[42:48], True)])
+    assert not found[eyes].any()
+
+    target = images("images/kit_harington1.jpg")
+    carried = _white(_swap(pipe, source, target, hide_source_glasses=False)).sum()
+    clean = _white(_swap(pipe, image, target)).sum()
+    filled = _white(_swap(pipe, source, target)).sum()
+    assert carried > clean + 100
+    assert filled < clean + 0.1 * (carried - clean)
+
+
+def test_no_glare_is_found_on_sunglasses_or_on_a_face_without_any(obama):
+    image, face = obama
+    glasses, _ = find_glasses(
+        _wearing(image, _frame_pixels(image.shape, face.landmarks_68), DARK), face.landmarks_68
+    )
+    # The bare face's highlights (the nose, the forehead) are skin, and lie outside the lenses besides.
+    assert not lens_glare(image, face.landmarks_68, glasses).any()
+    assert not lens_glare(image, face.landmarks_68, replace(glasses, dark_lenses=True)).any()
 
 
 def test_the_demo_sources_real_glasses_are_found(pipe):

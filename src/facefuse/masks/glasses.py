@@ -33,7 +33,8 @@ from functools import cache
 import cv2
 import numpy as np
 
-from facefuse.geometry import TEMPLATE_68, similarity
+from facefuse.geometry import LEFT_EYE, RIGHT_EYE, TEMPLATE_68, similarity
+from facefuse.masks.hair import skin_lab
 
 _SCALE = 128.0  # band pixels per template unit (the outer-eye-corner distance)
 _X = (-1.0, 1.0)  # the band, in template units around the eye midpoint
@@ -74,6 +75,13 @@ _EDGE = 0.5
 _SUNGLASSES_RIM_MIN = 1.3  # without that discount, which a dark lens's edge needs
 _MAYBE_DARK_LENSES = 0.4  # where lenses usually sit, over the cheeks: below it sunglasses are looked for
 _DARK_LENSES = 0.3  # the fitted lenses' grey over the cheeks': below it the lenses stay with the frame
+# Glare on clear lenses: lighter than the skin by this fraction of the way from it to white, and with
+# less than this fraction of its chroma (some colour floor: a grey or black-and-white face has none).
+_GLARE_LIGHT = 0.35
+_GLARE_CHROMA = 0.6
+_GLARE_MIN_CHROMA = 8.0
+_GLARE_EYE_GUARD = 0.06  # in eye distances
+_GLARE_GROW = 0.02
 
 
 @dataclass(frozen=True)
@@ -166,13 +174,76 @@ def find_glasses(
         return None
     found, lines = found
     frame = _frame_mask(lines, found)
-    x0, y0, x1, y1 = (0, 0, image.shape[1], image.shape[0]) if window is None else (int(v) for v in window)
+    return found, np.clip(_from_band(frame, to_band, image.shape, window), 0.0, 1.0)
+
+
+def lens_glare(
+    image: np.ndarray,
+    points_68: np.ndarray,
+    glasses: Glasses,
+    window: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """A uint8 mask (1 = glare) over `image`, or its `window`, of the reflections on clear lenses.
+
+    A clear lens's frame is filled in from the skin around it, but a reflection of the room or a lamp
+    on the glass stayed: a white patch pasted onto every target (the demo's Grace Hopper has two, under
+    her left eye and at her right lens's top). Glare is far lighter than the face's own skin and nearly
+    colourless; skin in highlight keeps its colour. The eyes are held out, whites and catchlights and
+    all: they are the source's own.
+    """
+    x0, y0, x1, y1 = _window(image.shape, window)
+    empty = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), np.uint8)
+    skin = skin_lab(image, points_68)
+    if skin is None or glasses.dark_lenses or empty.size == 0:
+        return empty
+    to_band = similarity(points_68, (TEMPLATE_68 - (_X[0], _Y[0])) * _SCALE)
+    lenses = np.zeros(_band_shape(), np.float32)
+    cv2.fillPoly(lenses, _lens_polygons(glasses), 1.0)
+    inside = _from_band(lenses, to_band, image.shape, window) > 0.5
+    lab = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1]), cv2.COLOR_RGB2LAB).astype(np.float32)
+    light, a, b = np.median(skin, axis=0)
+    skin_chroma = max(float(np.hypot(a - 128.0, b - 128.0)), _GLARE_MIN_CHROMA)
+    chroma = np.hypot(lab[..., 1] - 128.0, lab[..., 2] - 128.0)
+    glare = (
+        inside
+        & (lab[..., 0] > light + _GLARE_LIGHT * (255.0 - light))
+        & (chroma < _GLARE_CHROMA * skin_chroma)
+    )
+    iod = float(np.linalg.norm(points_68[45] - points_68[36]))
+    eyes = np.zeros(empty.shape, np.uint8)
+    for eye in (LEFT_EYE, RIGHT_EYE):
+        cv2.fillConvexPoly(eyes, cv2.convexHull(np.round(points_68[eye] - (x0, y0)).astype(np.int32)), 1)
+    glare &= cv2.dilate(eyes, _disc(_GLARE_EYE_GUARD * iod)) == 0
+    # A reflection's soft edge is lighter than the lens too, and the fill must start outside it.
+    return cv2.dilate(glare.astype(np.uint8), _disc(_GLARE_GROW * iod))
+
+
+def _disc(radius: float) -> np.ndarray:
+    r = max(1, round(radius))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _window(shape: tuple[int, ...], window: tuple[int, int, int, int] | None) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = (0, 0, shape[1], shape[0]) if window is None else (int(v) for v in window)
+    return x0, y0, x1, y1
+
+
+def _band_shape() -> tuple[int, int]:
+    return int((_Y[1] - _Y[0]) * _SCALE), int((_X[1] - _X[0]) * _SCALE)
+
+
+def _from_band(
+    mask: np.ndarray, to_band: np.ndarray, shape: tuple[int, ...], window: tuple[int, int, int, int] | None
+) -> np.ndarray:
+    """A float32 band-pixel mask carried to the image's pixels, or its window's."""
+    x0, y0, x1, y1 = _window(shape, window)
     if x1 <= x0 or y1 <= y0:  # warpAffine would take an empty size to mean the band's own
-        return found, np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), np.float32)
+        return np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), np.float32)
     to_band = to_band.copy()
     to_band[:, 2] += to_band[:, :2] @ (x0, y0)  # window -> band
-    mask = cv2.warpAffine(frame, to_band, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-    return found, np.clip(mask, 0.0, 1.0)
+    return cv2.warpAffine(
+        mask.astype(np.float32), to_band, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    )
 
 
 def _confirmed(
@@ -200,8 +271,9 @@ def _to_band(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _eye_band(image: np.ndarray, points_68: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The grey eye band aligned to the template, and the image -> band affine."""
     to_band = similarity(points_68, (TEMPLATE_68 - (_X[0], _Y[0])) * _SCALE)
-    size = (int((_X[1] - _X[0]) * _SCALE), int((_Y[1] - _Y[0]) * _SCALE))
-    band = cv2.warpAffine(image, to_band, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    band = cv2.warpAffine(
+        image, to_band, _band_shape()[::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
     grey = cv2.cvtColor(band, cv2.COLOR_RGB2GRAY) if band.ndim == 3 else band
     return grey.astype(np.float32), to_band
 

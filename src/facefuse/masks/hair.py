@@ -50,7 +50,7 @@ def target_hair(
 
 def _hair(image: np.ndarray, points: np.ndarray, region: np.ndarray, band: np.ndarray) -> np.ndarray | None:
     iod = float(np.linalg.norm(points[45] - points[36]))
-    skin = _skin_lab(image, points)
+    skin = skin_lab(image, points)
     if skin is None:
         return None
     light = float(np.median(skin[:, 0]))
@@ -91,7 +91,7 @@ def _hair(image: np.ndarray, points: np.ndarray, region: np.ndarray, band: np.nd
     return mask
 
 
-def _skin_lab(image: np.ndarray, points_68: np.ndarray) -> np.ndarray | None:
+def skin_lab(image: np.ndarray, points_68: np.ndarray) -> np.ndarray | None:
     """Lab values of the cheek and nose-bridge patches, or None when they are too small to trust."""
     pts = points_68[np.concatenate(_SKIN_PATCHES)]
     h, w = image.shape[:2]

@@ -35,7 +35,7 @@ from facefuse.geometry import (
     transform_points,
 )
 from facefuse.masks import depth, feather, fill_polygon, mouth_interior, ramp_in
-from facefuse.masks.glasses import find_glasses
+from facefuse.masks.glasses import find_glasses, lens_glare
 from facefuse.masks.hair import source_hair, target_hair
 from facefuse.swap.base import SourceFace
 
@@ -153,9 +153,14 @@ class MeshSwapper:
             elif found is not None:
                 # A frame is a thin band over skin the source has all around it: filled in from there,
                 # the source's face goes on under it (letting the target show through left a ring of
-                # the target's own skin). The radius stays small: the fill still crosses a thick frame
-                # from its edges, and its cost grows with the square (17 s on a close-up otherwise).
-                crop = cv2.inpaint(crop, (found[1] > 0.2).astype(np.uint8), 3.0, cv2.INPAINT_TELEA)
+                # the target's own skin), and so is glare on its lenses. The radius stays small: the
+                # fill still crosses a thick frame from its edges, and its cost grows with the square
+                # (17 s on a close-up otherwise).
+                window = (x0, y0, x0 + crop.shape[1], y0 + crop.shape[0])
+                fill = (found[1] > 0.2).astype(np.uint8) | lens_glare(
+                    image, face.landmarks_68, found[0], window
+                )
+                crop = cv2.inpaint(crop, fill, 3.0, cv2.INPAINT_TELEA)
         return SourceFace(
             face=face,
             image=crop,
