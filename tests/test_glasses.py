@@ -251,6 +251,13 @@ def test_glare_on_a_sources_clear_lenses_is_not_pasted_onto_the_target(pipe, ima
     assert found[~near].sum() < 0.05 * glare.sum()
     eyes = _draw(image.shape, face.landmarks_68, [(TEMPLATE_68[36:42], True), (TEMPLATE_68[42:48], True)])
     assert not found[eyes].any()
+    # A window gives the same mask cut to it, one reaching past the image's edge included.
+    x0, y0 = face.box.astype(int)[:2] - 40
+    h, w = image.shape[:2]
+    cut = lens_glare(source, face.landmarks_68, glasses, (x0, y0, w + 30, h + 30))
+    assert cut.shape == (h + 30 - y0, w + 30 - x0)
+    assert np.array_equal(cut[: h - y0, : w - x0] > 0, found[y0:, x0:])
+    assert not cut[h - y0 :].any() and not cut[:, w - x0 :].any()
 
     target = images("images/kit_harington1.jpg")
     carried = _white(_swap(pipe, source, target, hide_source_glasses=False)).sum()

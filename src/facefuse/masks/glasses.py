@@ -200,7 +200,13 @@ def lens_glare(
     lenses = np.zeros(_band_shape(), np.float32)
     cv2.fillPoly(lenses, _lens_polygons(glasses), 1.0)
     inside = _from_band(lenses, to_band, image.shape, window) > 0.5
-    lab = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1]), cv2.COLOR_RGB2LAB).astype(np.float32)
+    # A window reaching past the image sees black there: never glare.
+    seen = np.zeros((*empty.shape, 3), np.uint8)
+    h, w = image.shape[:2]
+    ya, yb, xa, xb = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+    if yb > ya and xb > xa:
+        seen[ya - y0 : yb - y0, xa - x0 : xb - x0] = image[ya:yb, xa:xb]
+    lab = cv2.cvtColor(seen, cv2.COLOR_RGB2LAB).astype(np.float32)
     light, a, b = np.median(skin, axis=0)
     skin_chroma = max(float(np.hypot(a - 128.0, b - 128.0)), _GLARE_MIN_CHROMA)
     chroma = np.hypot(lab[..., 1] - 128.0, lab[..., 2] - 128.0)
