@@ -1,7 +1,8 @@
 """Glasses on a face: the frame's pixels, found by fitting a pair of lens rims to line evidence.
 
 Why: the mesh copies everything inside the face region. A target's glasses vanished there while their
-arms stayed outside, cut off at the region's edge; a source's glasses were pasted onto every target.
+arms stayed outside, cut off at the region's edge; a source's glasses were pasted onto every target,
+and so was the glare on a source's clear lenses (`lens_glare` finds it for the fill).
 
 How: the eye band is aligned to the template face, so size and roll drop out. At two scales the
 Hessian says, for every pixel, how strongly a thin line runs through it in a given direction; a step
@@ -186,8 +187,8 @@ def lens_glare(
     """A uint8 mask (1 = glare) over `image`, or its `window`, of the reflections on clear lenses.
 
     A clear lens's frame is filled in from the skin around it, but a reflection of the room or a lamp
-    on the glass stayed: a white patch pasted onto every target (the demo's Grace Hopper has two, under
-    her left eye and at her right lens's top). Glare is far lighter than the face's own skin and nearly
+    on the glass stayed: a white patch pasted onto every target (the demo's Grace Hopper has two: under
+    one eye, and along the top of the other lens). Glare is far lighter than the face's own skin and nearly
     colourless; skin in highlight keeps its colour. The eyes are held out, whites and catchlights and
     all: they are the source's own.
     """
@@ -196,7 +197,7 @@ def lens_glare(
     skin = skin_lab(image, points_68)
     if skin is None or glasses.dark_lenses or empty.size == 0:
         return empty
-    to_band = similarity(points_68, (TEMPLATE_68 - (_X[0], _Y[0])) * _SCALE)
+    to_band = _band_affine(points_68)
     lenses = np.zeros(_band_shape(), np.float32)
     cv2.fillPoly(lenses, _lens_polygons(glasses), 1.0)
     inside = _from_band(lenses, to_band, image.shape, window) > 0.5
@@ -232,6 +233,11 @@ def _disc(radius: float) -> np.ndarray:
 def _window(shape: tuple[int, ...], window: tuple[int, int, int, int] | None) -> tuple[int, int, int, int]:
     x0, y0, x1, y1 = (0, 0, shape[1], shape[0]) if window is None else (int(v) for v in window)
     return x0, y0, x1, y1
+
+
+def _band_affine(points_68: np.ndarray) -> np.ndarray:
+    """The image -> eye band affine of the face with these landmarks."""
+    return similarity(points_68, (TEMPLATE_68 - (_X[0], _Y[0])) * _SCALE)
 
 
 def _band_shape() -> tuple[int, int]:
@@ -276,7 +282,7 @@ def _to_band(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _eye_band(image: np.ndarray, points_68: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The grey eye band aligned to the template, and the image -> band affine."""
-    to_band = similarity(points_68, (TEMPLATE_68 - (_X[0], _Y[0])) * _SCALE)
+    to_band = _band_affine(points_68)
     band = cv2.warpAffine(
         image, to_band, _band_shape()[::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )

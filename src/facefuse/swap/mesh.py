@@ -146,7 +146,8 @@ class MeshSwapper:
         outline = region_outline(pts) - (x0, y0)
         hidden = source_hair(crop, local, fill_polygon(crop.shape[:2], outline)) if st.hide_hair else None
         if st.hide_source_glasses:
-            found = find_glasses(image, face.landmarks_68, (x0, y0, x0 + crop.shape[1], y0 + crop.shape[0]))
+            window = (x0, y0, x0 + crop.shape[1], y0 + crop.shape[0])
+            found = find_glasses(image, face.landmarks_68, window)
             if found is not None and found[0].dark_lenses:
                 # Sunglasses hide the source's eyes: the target's show through instead.
                 hidden = found[1] if hidden is None else np.maximum(hidden, found[1])
@@ -156,7 +157,6 @@ class MeshSwapper:
                 # the target's own skin), and so is glare on its lenses. The radius stays small: the
                 # fill still crosses a thick frame from its edges, and its cost grows with the square
                 # (17 s on a close-up otherwise).
-                window = (x0, y0, x0 + crop.shape[1], y0 + crop.shape[0])
                 fill = (found[1] > 0.2).astype(np.uint8) | lens_glare(
                     image, face.landmarks_68, found[0], window
                 )
