@@ -34,8 +34,9 @@ from functools import cache
 import cv2
 import numpy as np
 
-from facefuse.geometry import LEFT_EYE, RIGHT_EYE, TEMPLATE_68, similarity
+from facefuse.geometry import TEMPLATE_68, similarity
 from facefuse.masks.hair import skin_lab
+from facefuse.masks.region import disc, eyes
 
 _SCALE = 128.0  # band pixels per template unit (the outer-eye-corner distance)
 _X = (-1.0, 1.0)  # the band, in template units around the eye midpoint
@@ -217,17 +218,9 @@ def lens_glare(
         & (chroma < _GLARE_CHROMA * skin_chroma)
     )
     iod = float(np.linalg.norm(points_68[45] - points_68[36]))
-    eyes = np.zeros(empty.shape, np.uint8)
-    for eye in (LEFT_EYE, RIGHT_EYE):
-        cv2.fillConvexPoly(eyes, cv2.convexHull(np.round(points_68[eye] - (x0, y0)).astype(np.int32)), 1)
-    glare &= cv2.dilate(eyes, _disc(_GLARE_EYE_GUARD * iod)) == 0
+    glare &= eyes(empty.shape, points_68 - (x0, y0), _GLARE_EYE_GUARD * iod) == 0
     # A reflection's soft edge is lighter than the lens too, and the fill must start outside it.
-    return cv2.dilate(glare.astype(np.uint8), _disc(_GLARE_GROW * iod))
-
-
-def _disc(radius: float) -> np.ndarray:
-    r = max(1, round(radius))
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.dilate(glare.astype(np.uint8), disc(max(1, round(_GLARE_GROW * iod))))
 
 
 def _window(shape: tuple[int, ...], window: tuple[int, int, int, int] | None) -> tuple[int, int, int, int]:
@@ -508,5 +501,5 @@ def _frame_mask(lines: np.ndarray, glasses: Glasses) -> np.ndarray:
     if glasses.dark_lenses:
         cv2.fillPoly(frame, _lens_polygons(glasses), 1)
     grow = max(1, round(_SIGMAS[-1]))
-    frame = cv2.dilate(frame, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    frame = cv2.dilate(frame, disc(grow))
     return cv2.GaussianBlur(frame.astype(np.float32), (0, 0), 1.0)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from facefuse.geometry import LEFT_EYE, RIGHT_EYE, face_up
-from facefuse.masks.region import fill_polygon
+from facefuse.geometry import face_up
+from facefuse.masks.region import disc, eyes, fill_polygon
 
 # Cheek patches under each eye and the nose bridge: skin on nearly every face, rarely under hair.
 _SKIN_PATCHES = ([1, 2, 3, 31, 40, 41], [15, 14, 13, 35, 47, 46], [27, 42, 29, 39])
@@ -85,9 +85,8 @@ def _hair(image: np.ndarray, points: np.ndarray, region: np.ndarray, band: np.nd
     if hair.sum() < _MIN_AREA * iod * iod:
         return None
     # A little wider and soft-edged, so the strand's anti-aliased fringe goes with it.
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
     mask = np.zeros((h, w), np.float32)
-    mask[win] = cv2.GaussianBlur(cv2.dilate(hair.astype(np.float32), kernel), (0, 0), grow)
+    mask[win] = cv2.GaussianBlur(cv2.dilate(hair.astype(np.float32), disc(grow)), (0, 0), grow)
     return mask
 
 
@@ -120,11 +119,7 @@ def _upper_band(shape: tuple[int, int], points_68: np.ndarray) -> np.ndarray:
 
 def _features(shape: tuple[int, int], points_68: np.ndarray, iod: float) -> np.ndarray:
     """Eyes (with their surroundings) and brows: never hidden, whatever their colour."""
-    mask = np.zeros(shape, np.uint8)
-    for eye in (LEFT_EYE, RIGHT_EYE):
-        cv2.fillConvexPoly(mask, cv2.convexHull(np.round(points_68[eye]).astype(np.int32)), 1)
-    grow = max(1, round(_EYE_GUARD * iod))
-    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    mask = eyes(shape, points_68, _EYE_GUARD * iod)
     for brow in (slice(17, 22), slice(22, 27)):
         cv2.polylines(mask, [np.round(points_68[brow]).astype(np.int32)], False, 1, max(2, round(0.08 * iod)))
     return mask

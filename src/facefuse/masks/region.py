@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from facefuse.geometry import INNER_LIPS
+from facefuse.geometry import INNER_LIPS, LEFT_EYE, RIGHT_EYE
 
 
 def fill_polygon(shape: tuple[int, int], polygon: np.ndarray, value: int = 1) -> np.ndarray:
@@ -45,5 +45,18 @@ def mouth_interior(shape: tuple[int, int], points_68: np.ndarray, grow: float) -
     mask = fill_polygon(shape, points_68[INNER_LIPS])
     r = int(np.ceil(grow))
     if r > 0:
-        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+        mask = cv2.dilate(mask, disc(r))
     return mask
+
+
+def eyes(shape: tuple[int, int], points_68: np.ndarray, grow: float) -> np.ndarray:
+    """Both eyes' outlines filled and grown by `grow` px (at least one); uint8."""
+    mask = np.zeros(shape, np.uint8)
+    for eye in (LEFT_EYE, RIGHT_EYE):
+        cv2.fillConvexPoly(mask, cv2.convexHull(np.round(points_68[eye]).astype(np.int32)), 1)
+    return cv2.dilate(mask, disc(max(1, round(grow))))
+
+
+def disc(radius: int) -> np.ndarray:
+    """A round structuring element reaching `radius` px from its centre."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
