@@ -443,6 +443,10 @@ _LUMA = np.array([[0.299, 0.587, 0.114]] * 3, np.float32)  # the judge's and Ope
 # qualified, and on targets at 30% saturation the judge's landmark error went 0.0219 -> 0.0241 (its
 # dlib reads grey as the plain mean of the channels, which a colour change moves); at 0.3, 0.0218.
 _COLOUR_FULL = 0.3
+# Red against green and blue: the one colour direction that moves neither OpenCV's grey nor the
+# channels' mean (dlib's grey), so matching along it leaves every grey-level feature where it was.
+_RED = np.cross(_LUMA[0], np.ones(3, np.float32))
+_RED /= np.linalg.norm(_RED)
 
 
 def _fine_colour(rgb: np.ndarray, sigma: float) -> np.ndarray:
@@ -454,36 +458,47 @@ def _fine_colour(rgb: np.ndarray, sigma: float) -> np.ndarray:
 def _match_colourfulness(
     image: np.ndarray, target: np.ndarray, weight: np.ndarray, sigma: float, core: np.ndarray
 ) -> np.ndarray:
-    """Scale the source's fine colour down to the target's where the target has much less of it.
+    """Scale the source's fine colour down to the target's where the target has less of it.
 
     The tone step gives the face the target's colour only at low spatial frequency; the source's
-    finer colour (red blotches, blue eyes, pink lips) stayed, so a face on a black-and-white photo
-    came out coloured, and one on a cold, faded still had the source's warm blotches. The grey image
-    is untouched, and so is the region's soft edge (`core` is 0 there), where the tone step already
-    follows the target closely.
+    finer colour (red folds and blotches, blue eyes, pink lips) stayed. Two cases:
+    - its red (against green and blue) is brought down to the target's whenever the source has more:
+      a ruddy, deeply lined face (the demo's Grace Hopper) on a smooth, pale one came out streaked
+      with red lines wherever its folds had been shadowed;
+    - all of it is scaled down where the target has far less (`_COLOUR_FULL`): a face on a black and
+      white photo came out coloured, and one on a cold, faded still had the source's warm blotches.
+    The grey image is untouched (the red axis leaves dlib's grey alone as well), and so is the
+    region's soft edge (`core` is 0 there), where the tone step already follows the target closely.
     """
     image = np.asarray(image, np.float32)
     # Channel by channel: numpy's max/min over the colour axis of a uint8 image took 14 ms a frame.
     if np.array_equal(target[..., 0], target[..., 1]) and np.array_equal(target[..., 1], target[..., 2]):
         # A grey photo: a grey face, edge and all (the target has no colour there to blend into).
         return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-    # Measured at half size: the ratio is what matters, and the common case (a target as colourful
-    # as the source) then costs a fraction of a full-size pass.
+    # Measured at half size: the ratios are what matter, and the common case then costs a fraction
+    # of a full-size pass.
     half = (max(1, image.shape[1] // 2), max(1, image.shape[0] // 2))
     inside = cv2.resize(weight, half, interpolation=cv2.INTER_AREA) > 0.5
     if not inside.any():
         return image
 
-    def energy(rgb: np.ndarray) -> float:
+    def fine(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The fine colour at half size, and its part along the red axis (a grey image)."""
         small = cv2.resize(rgb, half, interpolation=cv2.INTER_AREA).astype(np.float32)
-        return _energy(_fine_colour(small, sigma / 2), inside)
+        f = _fine_colour(small, sigma / 2)
+        return f, f @ _RED
 
-    e_src, e_tgt = energy(image), energy(target)
-    keep = min(1.0, e_tgt / max(e_src, 1e-3) / _COLOUR_FULL)
-    if keep >= 1.0:
+    (f_src, r_src), (f_tgt, r_tgt) = fine(image), fine(target)
+    keep_red = min(1.0, _energy(r_tgt, inside) / max(_energy(r_src, inside), 1e-3))
+    f_src = f_src - ((1.0 - keep_red) * r_src)[..., None] * _RED  # what the red step leaves
+    keep = min(1.0, _energy(f_tgt, inside) / max(_energy(f_src, inside), 1e-3) / _COLOUR_FULL)
+    if keep_red >= 1.0 and keep >= 1.0:
         return image
-    f_src = _fine_colour(image, sigma)
-    return np.clip(image - ((1.0 - keep) * f_src) * core[..., None], 0, 255)
+    f = _fine_colour(image, sigma)
+    red = ((1.0 - keep_red) * (f @ _RED))[..., None] * _RED
+    # The red step, then all that is left of the fine colour scaled by `keep`.
+    removed = red + (1.0 - keep) * (f - red)
+    return np.clip(image - removed * core[..., None], 0, 255)
 
 
 def _match_edge_contrast(
