@@ -147,7 +147,8 @@ class MeshSwapper:
         hidden = source_hair(crop, local, fill_polygon(crop.shape[:2], outline)) if st.hide_hair else None
         if st.hide_source_glasses:
             window = (x0, y0, x0 + crop.shape[1], y0 + crop.shape[0])
-            found = find_glasses(image, face.landmarks_68, window)
+            # Settled: searched once per source, and a misfit pair pastes its frame onto every target.
+            found = find_glasses(image, face.landmarks_68, window, settle=True)
             if found is not None and found[0].dark_lenses:
                 # Sunglasses hide the source's eyes: the target's show through instead.
                 hidden = found[1] if hidden is None else np.maximum(hidden, found[1])
