@@ -184,14 +184,8 @@ def find_glasses(
     # Clear lenses: a frame is a line, and the bridge, cheap to test, rules most faces out first.
     if found is None:
         found = _confirmed(looked, _search(looked.hessians, looked.norm, _EDGE, _RIM_MIN))
-    if settle and _bridge(looked.hessians, looked.norm, _EDGE)[1].max() >= _BRIDGE_MIN:
-        for band in itertools.product(_SETTLE_ROLLS, _SETTLE_SHIFTS):
-            turned = _look(image, points_68, band) if band != (0.0, 0.0) else None
-            if turned is None:
-                continue
-            other = _confirmed(turned, _search(turned.hessians, turned.norm, _EDGE, _SETTLED_RIM_MIN))
-            if other is not None and (found is None or other[0].rim_score > found[0].rim_score):
-                found = other
+    if settle:
+        found = _settled(image, points_68, looked, found)
     # Sunglasses: the rim is the edge of a dark lens, which the line test discounts on purpose (a
     # wrinkle's or an eye's edge looks like half a line). Searched without that discount, and only
     # where the eyes' surroundings are dark, the lenses found must be dark as well.
@@ -227,6 +221,23 @@ def _look(image: np.ndarray, points_68: np.ndarray, band: tuple[float, float]) -
     curvature = np.abs(hessians[0][..., 0]) + np.abs(hessians[0][..., 1])
     norm = max(float(np.median(curvature[unclipped])), _MIN_NORM)
     return _Look(band, grey, hessians, norm)
+
+
+def _settled(
+    image: np.ndarray, points_68: np.ndarray, looked: _Look, found: tuple[Glasses, np.ndarray] | None
+) -> tuple[Glasses, np.ndarray] | None:
+    """The best of `found` (searched at the landmarks' alignment, `looked`) and the clear pairs found
+    with the band turned and shifted by the settling steps; those only where a bridge is there."""
+    if _bridge(looked.hessians, looked.norm, _EDGE)[1].max() < _BRIDGE_MIN:
+        return found
+    for band in itertools.product(_SETTLE_ROLLS, _SETTLE_SHIFTS):
+        turned = None if band == looked.band else _look(image, points_68, band)
+        if turned is None:
+            continue
+        other = _confirmed(turned, _search(turned.hessians, turned.norm, _EDGE, _SETTLED_RIM_MIN))
+        if other is not None and (found is None or other[0].rim_score > found[0].rim_score):
+            found = other
+    return found
 
 
 def lens_glare(

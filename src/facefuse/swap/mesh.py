@@ -456,6 +456,11 @@ def _fine_colour(rgb: np.ndarray, sigma: float) -> np.ndarray:
     return chroma - _wide_blur(chroma, sigma)
 
 
+def _on_red(amount: np.ndarray, scale: float) -> np.ndarray:
+    """The colour `scale` times `amount` (an image) along the red axis."""
+    return (scale * amount)[..., None] * _RED
+
+
 def _match_colourfulness(
     image: np.ndarray, target: np.ndarray, weight: np.ndarray, sigma: float, core: np.ndarray
 ) -> np.ndarray:
@@ -491,12 +496,12 @@ def _match_colourfulness(
 
     (f_src, r_src), (f_tgt, r_tgt) = fine(image), fine(target)
     keep_red = min(1.0, _energy(r_tgt, inside) / max(_energy(r_src, inside), 1e-3))
-    f_src = f_src - ((1.0 - keep_red) * r_src)[..., None] * _RED  # what the red step leaves
+    f_src = f_src - _on_red(r_src, 1.0 - keep_red)  # what the red step leaves
     keep = min(1.0, _energy(f_tgt, inside) / max(_energy(f_src, inside), 1e-3) / _COLOUR_FULL)
     if keep_red >= 1.0 and keep >= 1.0:
         return image
     f = _fine_colour(image, sigma)
-    red = ((1.0 - keep_red) * (f @ _RED))[..., None] * _RED
+    red = _on_red(f @ _RED, 1.0 - keep_red)
     # The red step, then all that is left of the fine colour scaled by `keep`.
     removed = red + (1.0 - keep) * (f - red)
     return np.clip(image - removed * core[..., None], 0, 255)
