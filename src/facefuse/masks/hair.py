@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from facefuse.geometry import face_up
-from facefuse.masks.region import disc, eyes, fill_polygon
+from facefuse.masks.region import disc, eyes, fill_polygon, reaching_edge
 
 # Cheek patches under each eye and the nose bridge: skin on nearly every face, rarely under hair.
 _SKIN_PATCHES = ([1, 2, 3, 31, 40, 41], [15, 14, 13, 35, 47, 46], [27, 42, 29, 39])
@@ -74,14 +74,11 @@ def _hair(image: np.ndarray, points: np.ndarray, region: np.ndarray, band: np.nd
 
     far = np.linalg.norm((lab[..., 1:] - chroma) / spread, axis=2) > _CHROMA_SPREADS
     hair = (far | (lab[..., 0] < _DARK * light)) & (sub_region > 0) & band[win]
-    hair &= _features(lab.shape[:2], local, iod) == 0
+    hair &= held_out_features(lab.shape[:2], local, iod) == 0
     if not hair.any():
         return None
 
-    rim = sub_region - cv2.erode(sub_region, np.ones((3, 3), np.uint8))
-    _, labels = cv2.connectedComponents(hair.astype(np.uint8))
-    touching = np.unique(labels[(rim > 0) & hair])
-    hair = np.isin(labels, touching[touching > 0])
+    hair = reaching_edge(hair, sub_region)
     if hair.sum() < _MIN_AREA * iod * iod:
         return None
     # A little wider and soft-edged, so the strand's anti-aliased fringe goes with it.
@@ -117,7 +114,7 @@ def _upper_band(shape: tuple[int, int], points_68: np.ndarray) -> np.ndarray:
     return (xs - x0) * up[0] + (ys - y0) * up[1] > 0
 
 
-def _features(shape: tuple[int, int], points_68: np.ndarray, iod: float) -> np.ndarray:
+def held_out_features(shape: tuple[int, int], points_68: np.ndarray, iod: float) -> np.ndarray:
     """Eyes (with their surroundings) and brows: never hidden, whatever their colour."""
     mask = eyes(shape, points_68, _EYE_GUARD * iod)
     for brow in (slice(17, 22), slice(22, 27)):

@@ -60,3 +60,12 @@ def eyes(shape: tuple[int, int], points_68: np.ndarray, grow: float) -> np.ndarr
 def disc(radius: int) -> np.ndarray:
     """A round structuring element reaching `radius` px from its centre."""
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def reaching_edge(candidates: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The connected parts of the bool mask `candidates` that touch the edge of the uint8 `region`:
+    what comes into a face from outside it, as hair or a held object does."""
+    rim = (region > 0) & (cv2.erode(region, np.ones((3, 3), np.uint8)) == 0)
+    _, labels = cv2.connectedComponents(candidates.astype(np.uint8))
+    touching = np.unique(labels[rim & candidates])
+    return np.isin(labels, touching[touching > 0])

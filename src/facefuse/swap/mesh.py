@@ -7,6 +7,9 @@ Why each step is there:
 - The swapped region stops a little above the brows: above them the source's hair would be dragged in.
   Hair that still falls across the source's brow or temple is found once per source (masks.hair) and
   the target shows through there, so no strand of it is pasted onto the target.
+- What comes into the region from its edge in a hue no face has (masks.occluders: a microphone, a
+  blue screen beside the jaw) is not face: the target shows through where the source has it, and
+  stays in front where the target has it.
 - The inner-lip polygon is always the target's: an open target mouth keeps its teeth and tongue, and a
   closed one can never show the source's.
 - The target's light and colour cast replace the source's at low spatial frequency only (a gain
@@ -37,6 +40,7 @@ from facefuse.geometry import (
 from facefuse.masks import depth, feather, fill_polygon, mouth_interior, ramp_in
 from facefuse.masks.glasses import find_glasses, lens_glare
 from facefuse.masks.hair import source_hair, target_hair
+from facefuse.masks.occluders import occluders
 from facefuse.swap.base import SourceFace
 
 BROW_IDX = np.arange(17, 27)
@@ -57,6 +61,10 @@ class MeshSettings:
     detail: float = 1.0  # how fully the target's fine-detail level is matched (0 keeps the source's)
     hide_hair: bool = True  # the source's hair across its brows or temples lets the target show through
     keep_target_hair: bool = True  # the target's own bangs across its forehead stay in front
+    # Things in front of a face in a hue no face has (a microphone, a blue screen beside the jaw):
+    # on the source they let the target show through, on the target they stay in front.
+    hide_occluders: bool = True
+    keep_target_occluders: bool = True
     # Glasses found on the target stay in front of the new face; a frame found on the source is filled
     # in from the source's skin around it (sunglasses let the target's eyes show through), so no
     # source's glasses are pasted onto a target.
@@ -144,14 +152,17 @@ class MeshSwapper:
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
         local = face.landmarks_68 - (x0, y0)
         outline = region_outline(pts) - (x0, y0)
-        hidden = source_hair(crop, local, fill_polygon(crop.shape[:2], outline)) if st.hide_hair else None
+        region = fill_polygon(crop.shape[:2], outline)
+        hidden = source_hair(crop, local, region) if st.hide_hair else None
+        if st.hide_occluders:
+            hidden = _either(hidden, occluders(crop, local, region))
         if st.hide_source_glasses:
             window = (x0, y0, x0 + crop.shape[1], y0 + crop.shape[0])
             # Settled: searched once per source, and a misfit pair pastes its frame onto every target.
             found = find_glasses(image, face.landmarks_68, window, settle=True)
             if found is not None and found[0].dark_lenses:
                 # Sunglasses hide the source's eyes: the target's show through instead.
-                hidden = found[1] if hidden is None else np.maximum(hidden, found[1])
+                hidden = _either(hidden, found[1])
             elif found is not None:
                 # A frame is a thin band over skin the source has all around it: filled in from there,
                 # the source's face goes on under it (letting the target show through left a ring of
@@ -219,6 +230,10 @@ class MeshSwapper:
             kept = target_hair(target_crop, own, region, strip)
             if kept is not None:
                 shown = _in_front(shown, kept)
+        if st.keep_target_occluders:
+            kept = occluders(target_crop, own, region)
+            if kept is not None:
+                shown = _in_front(shown, kept)
         if st.keep_target_glasses:
             # In a stream the pair found when this track was last swapped is looked for first
             # (steadier, and a sixth of the cost of a search); the track's memory holds it.
@@ -269,6 +284,11 @@ class MeshSwapper:
         t_area = _signed_areas(tgt, self.triangles) * sign
         s_area = _signed_areas(src, self.triangles) * sign
         return (t_area > 0.5) & (s_area > 0.0)
+
+
+def _either(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    """The union of two optional soft masks."""
+    return b if a is None else a if b is None else np.maximum(a, b)
 
 
 def _in_front(shown: np.ndarray | None, cover: np.ndarray) -> np.ndarray:
