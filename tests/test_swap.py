@@ -9,6 +9,7 @@ import pytest
 from facefuse.cli import demo_images
 from facefuse.geometry import INNER_LIPS
 from facefuse.masks import fill_polygon
+from facefuse.swap import MeshSettings
 from facefuse.swap.mesh import MeshSwapper, _match_colourfulness, mouth_open
 
 
@@ -313,5 +314,11 @@ def test_a_flat_target_gets_no_rim_of_the_sources_contrast(pipe, images, src, tg
     (0.93-0.94)."""
     source, target = images(f"images/{src}"), images(f"images/{tgt}")
     flat = np.clip((target.astype(np.float32) - 128) * 0.6 + 128, 0, 255).astype(np.uint8)
-    out, tface = _swap_onto(pipe, source, flat, target)
+    sface = pipe.analyser.analyse(source, largest_only=True)[0]
+    tface = pipe.analyser.analyse(target, largest_only=True)[0]
+    # Kept in front of the new face, Lin-Manuel Miranda's microphone changes which pixels this
+    # measure takes for the changed region's rim (0.94 -> 0.97 on that pair; the judge's seam on
+    # the real photo is unchanged, 0.928 -> 0.927). This test is about the face's own edge.
+    swapper = MeshSwapper(MeshSettings(keep_target_occluders=False))
+    out = swapper.swap(flat, tface, swapper.prepare(source, sface))
     assert _rim_contrast(out, flat, tface) < 0.96
