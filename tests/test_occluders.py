@@ -131,3 +131,16 @@ def test_the_targets_microphone_stays_in_front_of_the_new_face(pipe, images):
     # The rest of the face is still swapped.
     face = (_region(target, tface.landmarks_68) > 0) & (held == 0)
     assert np.abs(kept[face].astype(int) - painted[face]).mean() < 2
+
+
+@pytest.mark.parametrize("side", [-1, 1])
+def test_a_face_lit_blue_from_one_side_is_not_taken_for_an_occluder(pipe, images, side):
+    """Under a blue stage light on one side the lit cheek's own skin has the opposite hue; without
+    the even-light check 0.4 eye distances squared of Obama's face were kept as the target's."""
+    image = images("images/obama.jpg")
+    points = _landmarks(pipe, image)
+    iod = float(np.linalg.norm(points[45] - points[36]))
+    ramp = np.clip(side * (points[27, 0] - np.arange(image.shape[1])) / (0.8 * iod), 0, 1)[None, :, None]
+    gain = np.array([0.7, 0.9, 1.3], np.float32)
+    lit = np.clip(image * (1 + ramp * (gain - 1)), 0, 255).astype(np.uint8)
+    assert occluders(lit, points, _region(lit, points)) is None

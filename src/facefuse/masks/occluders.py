@@ -12,8 +12,10 @@ target they stay in front of the new face.
 
 What this leaves alone, on purpose: dark pixels, whose hue is compression noise (a black beard in a
 cool-graded photo reads faintly blue); faces whose skin is nearly grey (a black-and-white or
-cold-graded photo), where no hue is the skin's opposite; and occluders with no hue of their own (a
-black microphone is as hueless as a black beard) or with the skin's (a hand).
+cold-graded photo), where no hue is the skin's opposite; faces lit by coloured light from one side
+(a blue stage light makes the lit cheek's own skin bluish), found by one cheek being far cooler than
+the face as a whole; and occluders with no hue of their own (a black microphone is as hueless as a
+black beard) or with the skin's (a hand).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from facefuse.masks.hair import held_out_features, skin_lab
-from facefuse.masks.region import disc, reaching_edge
+from facefuse.masks.hair import _SKIN_PATCHES, held_out_features, skin_lab
+from facefuse.masks.region import disc, fill_polygon, reaching_edge
 
 _MIN_WARMTH = 6.0  # the skin's chroma must be at least this far from grey (Lab units) to have an opposite
 _OPPOSITE = 1.0  # how far past grey, away from the skin's hue, a pixel must lie (Lab units)
 _DARK_FLOOR = 0.3  # pixels darker than this fraction of the skin's lightness are never judged by hue
+_EVEN_LIGHT = 0.6  # each cheek's warmth must reach this fraction of the whole face's
 _MIN_AREA = 0.004  # hidden area below this fraction of the eye distance squared is noise
 _WORK_IOD = 64.0  # eye distance (px) the search works at
 _COOL = 0.35  # next to what is found, less than this fraction of the skin's warmth is the object's too
@@ -43,6 +46,10 @@ def occluders(image: np.ndarray, points_68: np.ndarray, region: np.ndarray) -> n
     warm = np.median(skin[:, 1:], axis=0) - 128.0
     warmth = float(np.linalg.norm(warm))
     if warmth < _MIN_WARMTH:
+        return None
+    if min(_cheek_warmth(image, points_68, warm / warmth)) < _EVEN_LIGHT * warmth:
+        # One cheek far cooler than the face as a whole: coloured light from one side (a blue stage
+        # light), under which the lit side's own skin has the opposite hue.
         return None
     light = float(np.median(skin[:, 0]))
     iod = float(np.linalg.norm(points_68[45] - points_68[36]))
@@ -75,3 +82,22 @@ def occluders(image: np.ndarray, points_68: np.ndarray, region: np.ndarray) -> n
     grow = max(1, round(_GROW * iod))
     mask = cv2.GaussianBlur(cv2.dilate(found.astype(np.float32), disc(grow)), (0, 0), grow)
     return mask if scale == 1.0 else cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _cheek_warmth(image: np.ndarray, points_68: np.ndarray, unit: np.ndarray) -> list[float]:
+    """Each cheek patch's median chroma along the face's warm direction `unit` (Lab units)."""
+    h, w = image.shape[:2]
+    out = []
+    for patch in _SKIN_PATCHES[:2]:
+        pts = points_68[patch]
+        x0, y0 = np.clip(np.floor(pts.min(0)).astype(int), 0, [w, h])
+        x1, y1 = np.clip(np.ceil(pts.max(0)).astype(int) + 1, 0, [w, h])
+        if x1 <= x0 or y1 <= y0:
+            continue
+        inside = fill_polygon(
+            (y1 - y0, x1 - x0), cv2.convexHull((pts - (x0, y0)).astype(np.float32)).reshape(-1, 2)
+        )
+        lab = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1]), cv2.COLOR_RGB2LAB)[inside > 0]
+        if len(lab) >= 10:
+            out.append(float(np.median((lab[:, 1:].astype(np.float32) - 128.0) @ unit)))
+    return out or [np.inf]
