@@ -47,10 +47,6 @@ def occluders(image: np.ndarray, points_68: np.ndarray, region: np.ndarray) -> n
     warmth = float(np.linalg.norm(warm))
     if warmth < _MIN_WARMTH:
         return None
-    if min(_cheek_warmth(image, points_68, warm / warmth)) < _EVEN_LIGHT * warmth:
-        # One cheek far cooler than the face as a whole: coloured light from one side (a blue stage
-        # light), under which the lit side's own skin has the opposite hue.
-        return None
     light = float(np.median(skin[:, 0]))
     iod = float(np.linalg.norm(points_68[45] - points_68[36]))
 
@@ -68,6 +64,10 @@ def occluders(image: np.ndarray, points_68: np.ndarray, region: np.ndarray) -> n
     opposite = (along < -_OPPOSITE) & (lab[..., 0] > _DARK_FLOOR * light) & (region > 0)
     if not opposite.any():
         return None
+    if min(_cheek_warmth(along, points_68)) < _EVEN_LIGHT * warmth:
+        # One cheek far cooler than the face as a whole: coloured light from one side (a blue stage
+        # light), under which the lit side's own skin has the opposite hue.
+        return None
     held = held_out_features(opposite.shape, points_68, iod) == 0
     found = reaching_edge(opposite & held, region)
     if found.sum() < _MIN_AREA * iod * iod:
@@ -84,20 +84,12 @@ def occluders(image: np.ndarray, points_68: np.ndarray, region: np.ndarray) -> n
     return mask if scale == 1.0 else cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def _cheek_warmth(image: np.ndarray, points_68: np.ndarray, unit: np.ndarray) -> list[float]:
-    """Each cheek patch's median chroma along the face's warm direction `unit` (Lab units)."""
-    h, w = image.shape[:2]
+def _cheek_warmth(along: np.ndarray, points_68: np.ndarray) -> list[float]:
+    """Each cheek patch's median of `along` (chroma along the face's warm direction, Lab units)."""
     out = []
     for patch in _SKIN_PATCHES[:2]:
-        pts = points_68[patch]
-        x0, y0 = np.clip(np.floor(pts.min(0)).astype(int), 0, [w, h])
-        x1, y1 = np.clip(np.ceil(pts.max(0)).astype(int) + 1, 0, [w, h])
-        if x1 <= x0 or y1 <= y0:
-            continue
-        inside = fill_polygon(
-            (y1 - y0, x1 - x0), cv2.convexHull((pts - (x0, y0)).astype(np.float32)).reshape(-1, 2)
-        )
-        lab = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1]), cv2.COLOR_RGB2LAB)[inside > 0]
-        if len(lab) >= 10:
-            out.append(float(np.median((lab[:, 1:].astype(np.float32) - 128.0) @ unit)))
+        hull = cv2.convexHull(points_68[patch].astype(np.float32)).reshape(-1, 2)
+        values = along[fill_polygon(along.shape, hull) > 0]
+        if len(values) >= 10:
+            out.append(float(np.median(values)))
     return out or [np.inf]
