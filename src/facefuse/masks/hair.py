@@ -41,16 +41,28 @@ def source_hair(image: np.ndarray, points_68: np.ndarray, region: np.ndarray) ->
 
 
 def target_hair(
-    image: np.ndarray, points_68: np.ndarray, region: np.ndarray, forehead: np.ndarray
+    image: np.ndarray,
+    points_68: np.ndarray,
+    region: np.ndarray,
+    forehead: np.ndarray,
+    skin: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """A float32 mask (1 = hair) of the target's own hair across the `forehead` strip (a bool mask
-    between the brows and the region's top), or None when none crosses it."""
-    return _hair(image, points_68, region, forehead)
+    between the brows and the region's top), or None when none crosses it. `skin`: the face's
+    `skin_lab`, when the caller already has it."""
+    return _hair(image, points_68, region, forehead, skin)
 
 
-def _hair(image: np.ndarray, points: np.ndarray, region: np.ndarray, band: np.ndarray) -> np.ndarray | None:
+def _hair(
+    image: np.ndarray,
+    points: np.ndarray,
+    region: np.ndarray,
+    band: np.ndarray,
+    skin: np.ndarray | None = None,
+) -> np.ndarray | None:
     iod = float(np.linalg.norm(points[45] - points[36]))
-    skin = skin_lab(image, points)
+    if skin is None:
+        skin = skin_lab(image, points)
     if skin is None:
         return None
     light = float(np.median(skin[:, 0]))

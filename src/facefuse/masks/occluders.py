@@ -37,16 +37,21 @@ _REACH = 0.15  # how far from what is found that spreads, in eye distances
 _GROW = 0.04  # the mask's growth and softness, in eye distances
 
 
-def occluders(image: np.ndarray, points_68: np.ndarray, region: np.ndarray) -> np.ndarray | None:
+def occluders(
+    image: np.ndarray, points_68: np.ndarray, region: np.ndarray, skin: np.ndarray | None = None
+) -> np.ndarray | None:
     """A float32 mask (1 = not face) over `image`, inside the uint8 `region` the swap covers, or
-    None when nothing of the skin's opposite hue reaches into it."""
-    skin = skin_lab(image, points_68)
+    None when nothing of the skin's opposite hue reaches into it. `skin`: the face's `skin_lab`,
+    when the caller already has it."""
+    if skin is None:
+        skin = skin_lab(image, points_68)
     if skin is None:
         return None
     warm = np.median(skin[:, 1:], axis=0) - 128.0
     warmth = float(np.linalg.norm(warm))
     if warmth < _MIN_WARMTH:
         return None
+    unit = (warm / warmth).astype(np.float32)
     light = float(np.median(skin[:, 0]))
     iod = float(np.linalg.norm(points_68[45] - points_68[36]))
 
@@ -60,7 +65,7 @@ def occluders(image: np.ndarray, points_68: np.ndarray, region: np.ndarray) -> n
         region = cv2.resize(region, size, interpolation=cv2.INTER_NEAREST)
         points_68, iod = points_68 * scale, iod * scale
     lab = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2LAB)
-    along = (lab[..., 1:].astype(np.float32) - 128.0) @ (warm / warmth).astype(np.float32)
+    along = (lab[..., 1:].astype(np.float32) - 128.0) @ unit
     opposite = (along < -_OPPOSITE) & (lab[..., 0] > _DARK_FLOOR * light) & (region > 0)
     if not opposite.any():
         return None

@@ -39,7 +39,7 @@ from facefuse.geometry import (
 )
 from facefuse.masks import depth, feather, fill_polygon, mouth_interior, ramp_in
 from facefuse.masks.glasses import find_glasses, lens_glare
-from facefuse.masks.hair import source_hair, target_hair
+from facefuse.masks.hair import skin_lab, source_hair, target_hair
 from facefuse.masks.occluders import occluders
 from facefuse.swap.base import SourceFace
 
@@ -223,15 +223,17 @@ class MeshSwapper:
         region = fill_polygon(shape, outline - (x0, y0)) & (index >= 0)
         target_crop = frame[y0:y1, x0:x1]
         own = target.landmarks_68 - (x0, y0)  # the target's own points, unmoved, in crop coordinates
+        # The target's skin colour, read once a frame for both the hair and the occluder searches.
+        skin = skin_lab(target_crop, own) if st.keep_target_hair or st.keep_target_occluders else None
         if st.keep_target_hair:
             # Without this a fringe or bangs were painted over with the source's forehead (a small
             # girl's face in a group photo came out with a brown smear for a fringe).
             strip = fill_polygon(shape, np.vstack([local[BROWS], local[68:][::-1]])).astype(bool)
-            kept = target_hair(target_crop, own, region, strip)
+            kept = target_hair(target_crop, own, region, strip, skin)
             if kept is not None:
                 shown = _in_front(shown, kept)
         if st.keep_target_occluders:
-            kept = occluders(target_crop, own, region)
+            kept = occluders(target_crop, own, region, skin)
             if kept is not None:
                 shown = _in_front(shown, kept)
         if st.keep_target_glasses:
