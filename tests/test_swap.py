@@ -10,7 +10,7 @@ from facefuse.cli import demo_images
 from facefuse.geometry import INNER_LIPS
 from facefuse.masks import fill_polygon
 from facefuse.swap import MeshSettings
-from facefuse.swap.mesh import MeshSwapper, _match_colourfulness, mouth_open
+from facefuse.swap.mesh import MeshSwapper, _band_step, _energy, _fine, _match_colourfulness, mouth_open
 
 
 @pytest.fixture(scope="module")
@@ -122,19 +122,39 @@ def test_tone_follows_the_target(swap, images):
 
 
 def test_fine_detail_is_matched_to_the_target(swap, images):
-    """A small source on a large, sharp target must not look soft (Lin-Manuel onto Biden's close-up)."""
+    """A soft source on a large, sharp target must not look soft (Lin-Manuel onto Biden's close-up).
+    At the finest scale it came out at 0.64 of the target's detail (the boost under-delivered, and
+    was measured where his hidden hair's edges counted as detail); 0.77 now."""
     out, tface, sface = swap("images/lin-manuel-miranda.png", "images/biden.jpg")
     target = images("images/biden.jpg")
     inner = _inner_face(out.shape, tface)
 
-    def fine(img):
+    def fine(img, sigma=2.5):
         g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
-        return np.abs(g - cv2.GaussianBlur(g, (0, 0), 2.5))[inner].mean()
+        return np.abs(g - cv2.GaussianBlur(g, (0, 0), sigma))[inner].mean()
 
     plain = MeshSwapper(type(MeshSwapper().settings)(detail=0.0))
     soft = plain.swap(target, tface, plain.prepare(images("images/lin-manuel-miranda.png"), sface))
     assert fine(out) > fine(soft) * 1.2
-    assert fine(out) > 0.6 * fine(target)
+    assert fine(out) > 0.7 * fine(target)
+    finest = tface.eye_distance / 60  # the scale the swap matches (and the judge's)
+    assert fine(out, finest) > 0.72 * fine(target, finest)
+
+
+def test_the_detail_boost_delivers_the_energy_asked_for():
+    """Adding k times a fine band does not raise the fine band's energy k-fold (a difference of
+    Gaussians is no projection): the step is solved for, so the result has what was asked."""
+    rng = np.random.default_rng(3)
+    grey = cv2.GaussianBlur(rng.normal(128, 40, (120, 120)).astype(np.float32), (0, 0), 1.5)
+    inside = np.ones(grey.shape, bool)
+    fine = _fine(grey, 1.2)
+    have = _energy(fine, inside)
+    for gain in (0.7, 1.5, 2.2):
+        step = _band_step(fine, fine, 1.2, inside, gain * have)
+        got = _energy(_fine(grey + step * fine, 1.2), inside)
+        assert abs(got / have - gain) < 0.03 * gain
+        naive = _energy(_fine(grey + (gain - 1.0) * fine, 1.2), inside)
+        assert abs(naive / have - gain) > 0.05 * gain  # what the plain gain gave
 
 
 def test_a_face_turned_away_hides_its_far_side_instead_of_tearing(pipe, images):
@@ -312,13 +332,18 @@ FLAT_PAIRS = [
 @pytest.mark.parametrize(("src", "tgt"), FLAT_PAIRS)
 def test_a_flat_target_gets_no_rim_of_the_sources_contrast(pipe, images, src, tgt):
     """On a target at 0.6x contrast the face kept the source's mid-scale contrast right up to its
-    soft edge, which drew a rim (1.02 on each of these); towards the edge it now follows the target's
-    (0.93-0.94)."""
+    soft edge, which drew a rim (1.00-1.08 here); towards the edge it now follows the target's, which
+    takes 0.08-0.11 off (0.93-0.99: a soft source's fine detail, now brought up to nine tenths of the
+    target's, is on this rim as well)."""
     source, target = images(f"images/{src}"), images(f"images/{tgt}")
     flat = np.clip((target.astype(np.float32) - 128) * 0.6 + 128, 0, 255).astype(np.uint8)
     # Kept in front of the new face, Lin-Manuel Miranda's microphone changes which pixels this
     # measure takes for the changed region's rim (0.94 -> 0.97 on that pair; the judge's seam on
     # the real photo is unchanged, 0.928 -> 0.927). This test is about the face's own edge.
-    swapper = MeshSwapper(MeshSettings(keep_target_occluders=False))
-    out, tface = _swap_onto(pipe, source, flat, target, swapper)
-    assert _rim_contrast(out, flat, tface) < 0.96
+    rims = {}
+    for edge_contrast in (True, False):
+        swapper = MeshSwapper(MeshSettings(keep_target_occluders=False, edge_contrast=edge_contrast))
+        out, tface = _swap_onto(pipe, source, flat, target, swapper)
+        rims[edge_contrast] = _rim_contrast(out, flat, tface)
+    assert rims[True] < 1.0
+    assert rims[True] < rims[False] - 0.06
