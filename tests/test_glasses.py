@@ -205,9 +205,11 @@ def test_the_sources_glasses_are_not_pasted_onto_the_target(pipe, images, obama)
         grey_tgt = cv2.cvtColor(target[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY).astype(int)
         return int(((grey_out < 45) & (grey_tgt - grey_out > 40)).sum())
 
-    carried = frame_dark(_swap(pipe, source, target, hide_source_glasses=False))
-    hidden = frame_dark(_swap(pipe, source, target))
-    clean = frame_dark(_swap(pipe, image, target))
+    # Without the fine-detail step: obama.jpg is far crisper than this small target, and that step's
+    # cut softens a carried frame out of what `frame_dark` counts (411 pixels -> 79).
+    carried = frame_dark(_swap(pipe, source, target, hide_source_glasses=False, detail=0.0))
+    hidden = frame_dark(_swap(pipe, source, target, detail=0.0))
+    clean = frame_dark(_swap(pipe, image, target, detail=0.0))
     assert carried > 150
     assert hidden < clean + 0.1 * carried
 
@@ -262,9 +264,10 @@ def test_glare_on_a_sources_clear_lenses_is_not_pasted_onto_the_target(pipe, ima
     assert not cut[h - y0 :].any() and not cut[:, w - x0 :].any()
 
     target = images("images/kit_harington1.jpg")
-    carried = _white(_swap(pipe, source, target, hide_source_glasses=False)).sum()
-    clean = _white(_swap(pipe, image, target)).sum()
-    filled = _white(_swap(pipe, source, target)).sum()
+    # Without the fine-detail step, whose cut (obama.jpg onto a small target) dims carried glare.
+    carried = _white(_swap(pipe, source, target, hide_source_glasses=False, detail=0.0)).sum()
+    clean = _white(_swap(pipe, image, target, detail=0.0)).sum()
+    filled = _white(_swap(pipe, source, target, detail=0.0)).sum()
     assert carried > clean + 100
     assert filled < clean + 0.1 * (carried - clean)
 
