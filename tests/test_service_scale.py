@@ -40,6 +40,7 @@ BIDEN = MEDIA / "images" / "biden.jpg"
 # Short enough for CI, long enough to kill mid-job: 150 frames in segments of 15.
 VIDEO_OPTIONS = {"trim_end": "150f", "crf": 23}
 SEGMENT_FRAMES = 15
+FRAMES_LONG = 240  # of the Hamilton clip's 275
 # Quick recovery for the test: a dead worker's job is handed out again after ~3 s.
 SETTINGS = {"visibility_timeout_s": 3.0, "lease_s": 3.0}
 JOB_TIMEOUT_S = 120
@@ -294,7 +295,10 @@ def test_killed_pool_process_job_is_put_back_and_resumed(
     cluster: Cluster, shared: DirectoryStorage, api: Api, two_workers: list[WorkerProc]
 ) -> None:
     """Only the process running the job dies (out of memory, say): its worker puts the job back at once."""
-    job_id = api.post_job(HAMILTON, {"trim_end": "90f"})["id"]
+    # Long enough that the holder is still at work at its next heartbeat (every lease_s / 3): with 90
+    # frames the last 60 could all be done within that second, and a holder that finished never
+    # learned it had lost the lease (its pool process lives on, so the wait below timed out).
+    job_id = api.post_job(HAMILTON, {"trim_end": f"{FRAMES_LONG}f"})["id"]
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while api.job(job_id)["progress"]["frames_done"] < 2 * SEGMENT_FRAMES:
         assert time.monotonic() < deadline, cluster.logs()
@@ -305,7 +309,7 @@ def test_killed_pool_process_job_is_put_back_and_resumed(
     done = api.wait(job_id)
     record = cluster.store.get(job_id)
     assert record.attempts == 2 and record.worker != running.worker
-    assert done["summary"]["segments_resumed"] >= 1 and done["summary"]["frames_in"] == 90
+    assert done["summary"]["segments_resumed"] >= 1 and done["summary"]["frames_in"] == FRAMES_LONG
     assert all(w.proc.poll() is None for w in two_workers)  # both workers are still up
 
 
@@ -314,7 +318,10 @@ def test_worker_that_loses_its_lease_stops_dead(
 ) -> None:
     """Someone else took the lease (the holder was cut off from Redis for longer than the lease):
     the old holder must stop at once and leave the job's files alone for the new one."""
-    job_id = api.post_job(HAMILTON, {"trim_end": "90f"})["id"]
+    # Long enough that the holder is still at work at its next heartbeat (every lease_s / 3): with 90
+    # frames the last 60 could all be done within that second, and a holder that finished never
+    # learned it had lost the lease (its pool process lives on, so the wait below timed out).
+    job_id = api.post_job(HAMILTON, {"trim_end": f"{FRAMES_LONG}f"})["id"]
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while api.job(job_id)["progress"]["frames_done"] < 2 * SEGMENT_FRAMES:
         assert time.monotonic() < deadline, cluster.logs()
@@ -332,7 +339,7 @@ def test_worker_that_loses_its_lease_stops_dead(
     done = api.wait(job_id)
     record = cluster.store.get(job_id)
     assert record.attempts == 2 and record.worker not in (holder, "intruder")
-    assert done["summary"]["segments_resumed"] >= 1 and done["summary"]["frames_in"] == 90
+    assert done["summary"]["segments_resumed"] >= 1 and done["summary"]["frames_in"] == FRAMES_LONG
     assert any(f"lease lost by {holder}" in w.log.read_text() for w in two_workers)
 
 
