@@ -3,18 +3,14 @@
 import cv2
 import numpy as np
 import pytest
+from swap_helpers import clean_pasted_hidden, swap_region
 
 from facefuse.masks import fill_polygon
 from facefuse.masks.hair import source_hair
 from facefuse.swap import MeshSettings, MeshSwapper
-from facefuse.swap.mesh import mesh_points, region_outline
+from facefuse.swap.mesh import mesh_points
 
 HAIR_RGB = (150, 70, 25)  # auburn
-
-
-def _region(image, points):
-    pts = mesh_points(points, MeshSettings().forehead)
-    return fill_polygon(image.shape[:2], region_outline(pts))
 
 
 def _with_strand(image, points):
@@ -42,13 +38,13 @@ def test_a_clean_face_has_no_hair_to_hide(pipe, images):
     for name in ("images/obama.jpg", "images/lin-manuel-miranda.png", "images/biden2.jpg"):
         image = images(name)
         points = pipe.analyser.analyse(image, largest_only=True)[0].landmarks_68
-        assert source_hair(image, points, _region(image, points)) is None, name
+        assert source_hair(image, points, swap_region(image, points)) is None, name
 
 
 def test_a_strand_across_the_temple_is_found_and_the_eyes_are_not(source):
     image, points = source
     painted, strand = _with_strand(image, points)
-    region = _region(image, points)
+    region = swap_region(image, points)
     hidden = source_hair(painted, points, region)
     assert hidden is not None
     on_strand = strand & (region > 0)
@@ -67,10 +63,7 @@ def test_the_target_shows_where_the_source_has_hair(pipe, source, images):
     target = images("images/biden.jpg")
     tface = pipe.analyser.analyse(target, largest_only=True)[0]
 
-    hiding, pasting = MeshSwapper(), MeshSwapper(MeshSettings(hide_hair=False))
-    clean = pasting.swap(target, tface, pasting.prepare(image, face))
-    pasted = pasting.swap(target, tface, pasting.prepare(painted, face))
-    hidden = hiding.swap(target, tface, hiding.prepare(painted, face))
+    clean, pasted, hidden = clean_pasted_hidden(target, tface, image, painted, face, hide_hair=False)
 
     # Where the strand lands on the target: the pixels the painted source changes.
     lands = np.abs(pasted.astype(int) - clean).max(2) > 40
@@ -117,7 +110,7 @@ def test_the_targets_own_fringe_stays_in_front_of_the_new_face(pipe, images):
     assert reached.sum() > 200
     assert np.abs(kept[reached].astype(int) - target[reached]).mean() < 10
     # The rest of the face is still swapped.
-    face = _region(target, tface.landmarks_68).astype(bool) & ~cv2.dilate(
+    face = swap_region(target, tface.landmarks_68).astype(bool) & ~cv2.dilate(
         fringe.astype(np.uint8), np.ones((41, 41))
     ).astype(bool)
     assert np.abs(kept[face].astype(int) - painted[face]).mean() < 2

@@ -3,19 +3,14 @@
 import cv2
 import numpy as np
 import pytest
+from swap_helpers import clean_pasted_hidden, swap_region
 
 from facefuse.geometry import face_up
-from facefuse.masks import fill_polygon
 from facefuse.masks.occluders import occluders
 from facefuse.swap import MeshSettings, MeshSwapper
-from facefuse.swap.mesh import mesh_points, region_outline
 
 OBJECT_RGB = (70, 85, 120)  # a blue-grey handset, darker than the skin
 RIM_RGB = (58, 58, 60)  # its dark rim: no hue to tell it from a dark beard on its own
-
-
-def _region(image, points):
-    return fill_polygon(image.shape[:2], region_outline(mesh_points(points, MeshSettings().forehead)))
 
 
 def _landmarks(pipe, image):
@@ -26,7 +21,7 @@ def test_the_microphone_at_lin_manuel_mirandas_chin_is_found(pipe, images):
     image = images("images/lin-manuel-miranda.png")
     points = _landmarks(pipe, image)
     iod = float(np.linalg.norm(points[45] - points[36]))
-    found = occluders(image, points, _region(image, points))
+    found = occluders(image, points, swap_region(image, points))
     assert found is not None
     assert 0.02 < found.sum() / iod**2 < 0.3
     # It is below the mouth, where the microphone is, and nowhere near the eyes or brows.
@@ -52,7 +47,7 @@ def test_the_microphone_at_lin_manuel_mirandas_chin_is_found(pipe, images):
 def test_faces_and_what_grows_on_them_are_not_occluders(pipe, images, name):
     image = images(name)
     points = _landmarks(pipe, image)
-    assert occluders(image, points, _region(image, points)) is None
+    assert occluders(image, points, swap_region(image, points)) is None
 
 
 def test_a_photo_without_hue_has_no_opposite_hue(pipe, images):
@@ -60,7 +55,7 @@ def test_a_photo_without_hue_has_no_opposite_hue(pipe, images):
     image = images("images/lin-manuel-miranda.png")
     grey = np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
     points = _landmarks(pipe, image)
-    assert occluders(grey, points, _region(grey, points)) is None
+    assert occluders(grey, points, swap_region(grey, points)) is None
 
 
 def _with_handset(image, points):
@@ -85,17 +80,14 @@ def test_the_target_shows_where_something_is_held_to_the_sources_chin(pipe, imag
     source = images("images/obama.jpg")
     face = pipe.analyser.analyse(source, largest_only=True)[0]
     painted, held = _with_handset(source, face.landmarks_68)
-    found = occluders(painted, face.landmarks_68, _region(painted, face.landmarks_68))
+    found = occluders(painted, face.landmarks_68, swap_region(painted, face.landmarks_68))
     assert found is not None
-    inside = held & (_region(painted, face.landmarks_68) > 0)
+    inside = held & (swap_region(painted, face.landmarks_68) > 0)
     assert found[inside].mean() > 0.9
 
     target = images("images/biden2.jpg")
     tface = pipe.analyser.analyse(target, largest_only=True)[0]
-    hiding, pasting = MeshSwapper(), MeshSwapper(MeshSettings(hide_occluders=False))
-    clean = pasting.swap(target, tface, pasting.prepare(source, face))
-    pasted = pasting.swap(target, tface, pasting.prepare(painted, face))
-    hidden = hiding.swap(target, tface, hiding.prepare(painted, face))
+    clean, pasted, hidden = clean_pasted_hidden(target, tface, source, painted, face, hide_occluders=False)
 
     # Where the object lands on the target: the pixels the painted source changes.
     lands = np.abs(pasted.astype(int) - clean).max(2) > 40
@@ -105,7 +97,7 @@ def test_the_target_shows_where_something_is_held_to_the_sources_chin(pipe, imag
         < 0.3 * np.abs(pasted[lands].astype(int) - target[lands]).mean()
     )
     # Away from it the face is the same swap as before.
-    far = (_region(target, tface.landmarks_68) > 0) & (
+    far = (swap_region(target, tface.landmarks_68) > 0) & (
         cv2.dilate(lands.astype(np.uint8), np.ones((61, 61), np.uint8)) == 0
     )
     assert np.abs(hidden[far].astype(int) - pasted[far]).mean() < 2
@@ -118,7 +110,7 @@ def test_the_targets_microphone_stays_in_front_of_the_new_face(pipe, images):
     sface = pipe.analyser.analyse(source, largest_only=True)[0]
     target = images("images/lin-manuel-miranda.png")
     tface = pipe.analyser.analyse(target, largest_only=True)[0]
-    held = occluders(target, tface.landmarks_68, _region(target, tface.landmarks_68))
+    held = occluders(target, tface.landmarks_68, swap_region(target, tface.landmarks_68))
     assert held is not None
 
     keeping, painting = MeshSwapper(), MeshSwapper(MeshSettings(keep_target_occluders=False))
@@ -129,7 +121,7 @@ def test_the_targets_microphone_stays_in_front_of_the_new_face(pipe, images):
     assert reached.sum() > 100
     assert np.abs(kept[reached].astype(int) - target[reached]).mean() < 3
     # The rest of the face is still swapped.
-    face = (_region(target, tface.landmarks_68) > 0) & (held == 0)
+    face = (swap_region(target, tface.landmarks_68) > 0) & (held == 0)
     assert np.abs(kept[face].astype(int) - painted[face]).mean() < 2
 
 
@@ -143,4 +135,4 @@ def test_a_face_lit_blue_from_one_side_is_not_taken_for_an_occluder(pipe, images
     ramp = np.clip(side * (points[27, 0] - np.arange(image.shape[1])) / (0.8 * iod), 0, 1)[None, :, None]
     gain = np.array([0.7, 0.9, 1.3], np.float32)
     lit = np.clip(image * (1 + ramp * (gain - 1)), 0, 255).astype(np.uint8)
-    assert occluders(lit, points, _region(lit, points)) is None
+    assert occluders(lit, points, swap_region(lit, points)) is None

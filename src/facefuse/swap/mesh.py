@@ -456,14 +456,11 @@ def _match_detail(
     g_src = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     f_tgt = _fine(cv2.cvtColor(target, cv2.COLOR_RGB2GRAY).astype(np.float32), sigma)
     f_src = _fine(g_src, sigma)
-    if whole.any() and _energy(f_tgt, whole) > _energy(f_src, whole) > 1e-3:
-        e_src = _energy(f_src, whole)
-        gain = min(_energy(f_tgt, whole) / e_src, 2.2) ** amount
+    e_src, e_tgt = (_energy(f_src, whole), _energy(f_tgt, whole)) if whole.any() else (0.0, 0.0)
+    if e_tgt > e_src > 1e-3:
+        gain = min(e_tgt / e_src, 2.2) ** amount
         gain = max(gain**_BOOST_SHARE, _DETAIL_FLOOR * gain)
-        added = f_src * where
-        return np.clip(
-            image + (_band_step(f_src, added, sigma, whole, gain * e_src) * added)[..., None], 0, 255
-        )
+        return _add_band(image, f_src, f_src * where, sigma, whole, gain * e_src)
     e_src, e_tgt = _energy(f_src, face), _energy(f_tgt, face)
     if e_src < 1e-3 or e_tgt >= e_src:
         return image
@@ -485,12 +482,20 @@ def _match_detail(
         if e_src < 1e-3:
             return image
     gain = float(np.clip(e_tgt / e_src, 0.6, 1.0)) ** amount
-    return np.clip(image + (_band_step(f_src, f_src, sigma, face, gain * e_src) * f_src)[..., None], 0, 255)
+    return _add_band(image, f_src, f_src, sigma, face, gain * e_src)
+
+
+def _add_band(
+    image: np.ndarray, fine: np.ndarray, added: np.ndarray, sigma: float, inside: np.ndarray, want: float
+) -> np.ndarray:
+    """`image` plus as much of `added` (its fine band `fine`, or that faded out towards the edge) as
+    gives the result's own fine band the energy `want` inside `inside`."""
+    return np.clip(image + (_band_step(fine, added, sigma, inside, want) * added)[..., None], 0, 255)
 
 
 def _band_step(fine: np.ndarray, added: np.ndarray, sigma: float, inside: np.ndarray, want: float) -> float:
-    """How much of `added` (the fine band `fine`, faded out towards the edge) to add so the result's
-    own fine band has energy `want`.
+    """How much of `added` (the fine band `fine`, or that faded out towards the edge) to add so the
+    result's own fine band has energy `want`.
 
     Not simply want / energy - 1: the band of the band is smaller than the band (a difference of
     Gaussians is no projection), so that under-delivered, most where most was asked (a soft source
