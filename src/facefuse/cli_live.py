@@ -134,7 +134,8 @@ def cmd_live(args: argparse.Namespace) -> int:
     ok = False
     try:
         output, out_stage = _open_output(args, source_input)
-        pipe = Pipeline(detector=DetectorSettings(min_face=args.min_face))
+        # No identity check live: choosing a new face's strength costs a few swaps, a visible stall.
+        pipe = Pipeline(detector=DetectorSettings(min_face=args.min_face), identity_check=False)
         output.source_type = pipe.swapper.digital_source_type
         sources = [(src, pipe.source(src)) for src in args.source]
         selection = Selection(mode=Mode(args.mode), order=Order(args.order))

@@ -43,6 +43,15 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--swapper", choices=SWAPPERS, default="mesh", help="face swapper (default mesh)")
     group.add_argument(
+        "--no-identity-check",
+        dest="identity_check",
+        action="store_false",
+        help="mesh swapper: make one swap a face. By default the recogniser reads each new face, and one "
+        "that still looks like the target's person is redone with more of the source's shading, brows "
+        "and eyes (one that looks like the source with room to spare, with less: the target's "
+        "expression then reads truer). A video chooses once per tracked face",
+    )
+    group.add_argument(
         "--swapper-backend",
         choices=SWAPPER_BACKENDS,
         default="onnx",
@@ -136,4 +145,4 @@ def pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for Pipeline: the model choice and, when a learned model is used, its pool."""
     choice = choice_from_args(args)
     pool = store_and_pool_from_args(args)[1] if choice.learned else None
-    return {"models": choice, "pool": pool}
+    return {"models": choice, "pool": pool, "identity_check": getattr(args, "identity_check", True)}

@@ -25,6 +25,7 @@ from facefuse.media import read_image
 from facefuse.media.image import DEFAULT_MAX_PIXELS
 from facefuse.models.sessions import SessionPool
 from facefuse.swap import MeshSettings, MeshSwapper, SourceFace, Swapper
+from facefuse.swap.guard import IdentityCheck, IdentityGuard
 from facefuse.zoo import ModelChoice, Zoo
 
 ImageLike = str | Path | np.ndarray
@@ -78,15 +79,20 @@ class SwapResult:
     faces_swapped: int
     swapped: list[Face]
     timings: Timings
+    # One per swapped face, in the order swapped, when the identity check ran (swap.guard).
+    identity_checks: list[IdentityCheck] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {
+        out = {
             "faces_found": self.faces_found,
             "faces_swapped": self.faces_swapped,
             "faces_unchanged": self.faces_found - self.faces_swapped,
             "swapped_boxes": [[round(float(v), 1) for v in f.box] for f in self.swapped],
             "stages_ms": self.timings.rounded(),
         }
+        if self.identity_checks:
+            out["identity_checks"] = [c.summary() for c in self.identity_checks]
+        return out
 
 
 class Pipeline:
@@ -102,10 +108,12 @@ class Pipeline:
         models: ModelChoice | None = None,
         pool: SessionPool | None = None,
         enhancer: Enhancer | None = None,
+        identity_check: bool = True,
     ) -> None:
         """`models` picks learned models by name (see facefuse.zoo.ModelChoice), opened through `pool`
         (default: a CPU pool over the default models folder); `swapper` and `enhancer` objects, when
-        given, take the place of the chosen ones."""
+        given, take the place of the chosen ones. `identity_check` lets the mesh swapper redo a face
+        at another strength when the recogniser still reads it as the target's person (swap.guard)."""
         self.models = models or ModelChoice()
         if self.models.learned and pool is None:
             from facefuse.models import ModelStore, default_models_dir, default_registry
@@ -125,13 +133,28 @@ class Pipeline:
             self.swapper = swapper or zoo.swapper(recogniser, mesh)
             self.enhancer = enhancer if enhancer is not None else zoo.enhancer()
         self.max_pixels = max_pixels
+        swapper = self.swapper
+        self.guard = (
+            IdentityGuard(swapper, self.analyser)
+            if identity_check and isinstance(swapper, MeshSwapper)
+            else None
+        )
 
     def swap_face(self, frame: np.ndarray, face: Face, source: Identity) -> np.ndarray:
         """One face swapped, then restored when an enhancer is chosen."""
-        out = self.swapper.swap(frame, face, source.prepared)
+        return self._swap_checked(frame, face, source)[0]
+
+    def _swap_checked(
+        self, frame: np.ndarray, face: Face, source: Identity
+    ) -> tuple[np.ndarray, IdentityCheck | None]:
+        check = None
+        if self.guard is not None and source.descriptor is not None:
+            out, check = self.guard.swap(frame, face, source.prepared, source.descriptor)
+        else:
+            out = self.swapper.swap(frame, face, source.prepared)
         if self.enhancer is not None:
             out = self.enhancer.enhance(out, face)
-        return out
+        return out, check
 
     def load(self, image: ImageLike) -> np.ndarray:
         if isinstance(image, np.ndarray):
@@ -145,6 +168,8 @@ class Pipeline:
     ) -> Identity:
         """Build an identity from one or more photos of the person to swap in."""
         items = [images] if isinstance(images, str | Path | np.ndarray) else list(images)
+        # The identity check measures every swap against the source's descriptor.
+        descriptors = descriptors or self.guard is not None
         found: list[tuple[np.ndarray, Face]] = []
         for item in items:
             rgb = self.load(item)
@@ -195,10 +220,13 @@ class Pipeline:
                 rest = [f for f in faces if all(f is not claimed for claimed, _ in plan)]
                 plan += [(f, source) for f in select_faces(rest, selection, reference)]
         out = target
+        checks: list[IdentityCheck] = []
         with timings.stage("swap"):
             for face, ident in plan:
-                out = self.swap_face(out, face, ident)
-        return SwapResult(out, len(faces), len(plan), [f for f, _ in plan], timings)
+                out, check = self._swap_checked(out, face, ident)
+                if check is not None:
+                    checks.append(check)
+        return SwapResult(out, len(faces), len(plan), [f for f, _ in plan], timings, checks)
 
     def swap_image(
         self,

@@ -20,7 +20,7 @@ Why each step is there:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -76,6 +76,29 @@ class MeshSettings:
     # Towards the region's edge the source's mid-scale contrast (wrinkles, folds, shading between the
     # fine-detail and tone scales) is brought down to the target's, where the target has less of it.
     edge_contrast: bool = True
+
+
+def identity_levels(st: MeshSettings) -> tuple[MeshSettings, ...]:
+    """The settings the identity check chooses between, weakest first; `st` itself is at BASE_LEVEL.
+
+    Weaker levels take more of the target's light (a narrower tone scale) and keep its brow line, so
+    the target's expression reads truer; stronger ones keep more of the source's shading, brows and
+    eyes, so its identity reads truer. The same two settings trade one for the other on every set we
+    measured, and which side a pair needs differs from pair to pair.
+    """
+    tone = st.tone_sigma
+    strong = replace(st, brows=max(st.brows, 1.0), eyes=max(st.eyes, 0.3))
+    return (
+        replace(st, tone_sigma=0.55 * tone, brows=0.0),
+        replace(st, tone_sigma=0.73 * tone, brows=0.5 * st.brows),
+        st,
+        replace(st, tone_sigma=1.36 * tone),
+        replace(strong, tone_sigma=1.36 * tone),
+        replace(strong, tone_sigma=1.82 * tone),
+    )
+
+
+BASE_LEVEL = 2
 
 
 def mesh_points(points_68: np.ndarray, forehead: float) -> np.ndarray:
