@@ -23,6 +23,7 @@ import numpy as np
 
 from facefuse.analysis.analyser import FaceAnalyser
 from facefuse.analysis.face import Face
+from facefuse.analysis.landmarks import detector_box
 from facefuse.geometry import five_from_68
 from facefuse.swap.base import SourceFace
 from facefuse.swap.mesh import BASE_LEVEL, MeshSwapper, identity_levels
@@ -32,7 +33,7 @@ from facefuse.swap.mesh import BASE_LEVEL, MeshSwapper, identity_levels
 # the margin leaves room for the photos of a person differing among themselves.
 MARGIN = 0.05
 # Margin given up per eye distance of landmark drift, when no level reaches MARGIN.
-DRIFT_WEIGHT = 5.0
+DRIFT_WEIGHT = 10.0
 _DLIB_SAME_PERSON = 0.6
 
 
@@ -108,6 +109,9 @@ class IdentityGuard:
         return out, IdentityCheck(level - BASE_LEVEL, margin, drift, len(tried))
 
     def _landmarks(self, image: np.ndarray, face: Face) -> np.ndarray:
-        # Refitted from the target's own box, so the output and the target are read alike.
-        points, _ = self.analyser.landmarks.fit(np.ascontiguousarray(image), face.box)
+        # Refitted from one box for the output and the target alike: the box dlib's detector would
+        # most likely give this face. The detection's own box can sit off (a coarse pass scaled up),
+        # and the shape predictor's jaw then moved three times as much between the two as a fresh
+        # detection on each shows.
+        points, _ = self.analyser.landmarks.fit(np.ascontiguousarray(image), detector_box(face.landmarks_68))
         return np.asarray(points, np.float32)
