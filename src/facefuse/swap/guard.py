@@ -94,11 +94,9 @@ class IdentityGuard:
             while level > weakest and passes(level - 1):
                 level -= 1
         else:
-            while level + 1 < len(self.swappers) and not passes(level + 1):
-                level += 1
-            if level + 1 < len(self.swappers):
-                level += 1
-            else:
+            stronger = range(BASE_LEVEL + 1, len(self.swappers))
+            level = next((k for k in stronger if passes(k)), -1)
+            if level < 0:
                 # Nothing reads as the source: weaker levels may still lose less than they drift.
                 for weaker in range(weakest, BASE_LEVEL):
                     passes(weaker)
