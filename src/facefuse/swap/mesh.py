@@ -95,6 +95,7 @@ def identity_levels(st: MeshSettings) -> tuple[MeshSettings, ...]:
         replace(st, tone_sigma=1.36 * tone),
         replace(strong, tone_sigma=1.36 * tone),
         replace(strong, tone_sigma=1.82 * tone),
+        replace(strong, tone_sigma=2.27 * tone, eyes=max(st.eyes, 0.5)),
     )
 
 
