@@ -145,4 +145,4 @@ def pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for Pipeline: the model choice and, when a learned model is used, its pool."""
     choice = choice_from_args(args)
     pool = store_and_pool_from_args(args)[1] if choice.learned else None
-    return {"models": choice, "pool": pool, "identity_check": getattr(args, "identity_check", True)}
+    return {"models": choice, "pool": pool, "identity_check": args.identity_check}

@@ -133,10 +133,9 @@ class Pipeline:
             self.swapper = swapper or zoo.swapper(recogniser, mesh)
             self.enhancer = enhancer if enhancer is not None else zoo.enhancer()
         self.max_pixels = max_pixels
-        swapper = self.swapper
         self.guard = (
-            IdentityGuard(swapper, self.analyser)
-            if identity_check and isinstance(swapper, MeshSwapper)
+            IdentityGuard(self.swapper, self.analyser)
+            if identity_check and isinstance(self.swapper, MeshSwapper)
             else None
         )
 

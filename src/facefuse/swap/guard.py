@@ -60,8 +60,7 @@ class IdentityGuard:
 
     def __init__(self, swapper: MeshSwapper, analyser: FaceAnalyser) -> None:
         self.analyser = analyser
-        levels = identity_levels(swapper.settings)
-        self.swappers = [swapper if i == BASE_LEVEL else MeshSwapper(st) for i, st in enumerate(levels)]
+        self.swappers = [swapper.with_settings(st) for st in identity_levels(swapper.settings)]
 
     def swap(
         self, frame: np.ndarray, face: Face, source: SourceFace, source_descriptor: np.ndarray

@@ -20,6 +20,7 @@ Why each step is there:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 
 import cv2
@@ -165,6 +166,15 @@ class MeshSwapper:
     def __init__(self, settings: MeshSettings | None = None) -> None:
         self.settings = settings or MeshSettings()
         self.triangles, self._template_area = _template_mesh(self.settings.forehead)
+
+    def with_settings(self, settings: MeshSettings) -> MeshSwapper:
+        """A swapper with other settings, sharing this one's template mesh where the forehead row is
+        the same (the identity check keeps one per strength level)."""
+        if settings.forehead != self.settings.forehead:
+            return MeshSwapper(settings)
+        other = copy.copy(self)
+        other.settings = settings
+        return other
 
     def prepare(self, image: np.ndarray, face: Face) -> SourceFace:
         """Keep only the source's face neighbourhood; the rest of its image is never read again."""
