@@ -2,12 +2,15 @@
 still reads as the target's person, or weaker when it reads as the source with room to spare."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from cli_helpers import run_cli
 from conftest import media
 
+from facefuse.analysis.landmarks import detector_box
+from facefuse.geometry import NOSE, similarity, transform_points
 from facefuse.media import read_image
 from facefuse.swap.guard import MARGIN
 from facefuse.swap.mesh import BASE_LEVEL, identity_levels
@@ -38,6 +41,7 @@ def test_the_levels_run_from_the_targets_light_and_brows_to_the_sources(pipe):
     assert tones == sorted(tones) and tones[0] < tones[BASE_LEVEL] < tones[-1]
     assert levels[0].brows < levels[BASE_LEVEL].brows <= levels[-1].brows
     assert levels[-1].eyes > levels[BASE_LEVEL].eyes
+    assert levels[-1].nose > levels[BASE_LEVEL].nose
 
 
 def test_a_face_that_still_reads_as_the_target_is_redone_stronger(pipe, images):
@@ -75,6 +79,42 @@ def test_a_track_chooses_once_and_keeps_its_level(pipe, images):
     again, none = pipe.guard.swap(tgt, tface, ident.prepared, ident.descriptor)
     assert none is None, "a later frame of the track must not pay for the check again"
     assert np.array_equal(first, again)
+
+
+def _nose_swaps(pipe, images, src_name, tgt_name):
+    """The target's nose, the source's nose laid onto the target's face, and the nose refitted on
+    swaps with none and all of the source's nose layout."""
+    src, tgt = images(src_name), images(tgt_name)
+    sface = pipe.analyser.analyse(src, largest_only=True)[0]
+    tface = pipe.analyser.analyse(tgt, largest_only=True)[0]
+    prepared = pipe.swapper.prepare(src, sface)
+    laid = transform_points(sface.landmarks_68, similarity(sface.landmarks_68, tface.landmarks_68))
+    box = detector_box(tface.landmarks_68)
+    noses, outs = [], []
+    for nose in (0.0, 1.0):
+        out = pipe.swapper.with_settings(replace(pipe.swapper.settings, nose=nose)).swap(tgt, tface, prepared)
+        noses.append(np.asarray(pipe.analyser.landmarks.fit(out, box)[0])[NOSE])
+        outs.append(out)
+    own = np.asarray(pipe.analyser.landmarks.fit(tgt, box)[0])[NOSE]
+    return own, laid[NOSE], noses, outs, tface.eye_distance
+
+
+def test_the_strongest_levels_carry_the_sources_nose_between_like_poses(pipe, images):
+    own, laid, (kept, carried), _, iod = _nose_swaps(pipe, images, "images/obama.jpg", "images/biden2.jpg")
+
+    def off(a, b):
+        return float(np.linalg.norm(a - b, axis=1).mean()) / iod
+
+    assert off(carried, laid) < 0.8 * off(kept, laid), "the output's nose reads as the source's layout"
+    assert off(carried, own) > off(kept, own) + 0.01
+
+
+def test_a_frontal_noses_layout_is_not_forced_onto_a_turned_head(pipe, images):
+    # Lin-Manuel Miranda faces the camera; Kit Harington's head is turned some 45 degrees.
+    *_, (kept, carried), _ = _nose_swaps(
+        pipe, images, "images/lin-manuel-miranda.png", "images/kit_harington2.jpg"
+    )
+    assert np.array_equal(kept, carried)
 
 
 @pytest.fixture(scope="module")

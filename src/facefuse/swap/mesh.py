@@ -31,6 +31,7 @@ from facefuse.geometry import (
     BROWS,
     JAW,
     LEFT_EYE,
+    NOSE,
     RIGHT_EYE,
     TEMPLATE_68,
     blend,
@@ -58,6 +59,9 @@ class MeshSettings:
     # little of its pose or expression, so moving them costs the target almost nothing.
     brows: float = 0.7
     eyes: float = 0.0  # the same for the eyes; dearer in pose and gaze
+    # The same for the nose: much of a face's identity in the recogniser's eyes (its length, width
+    # and line), and only the strongest identity levels move it, as it is dear in landmark error.
+    nose: float = 0.0
     edge_tone_sigma: float = 0.05  # near the region edge the tone follows the target more closely
     detail: float = 1.0  # how fully the target's fine-detail level is matched (0 keeps the source's)
     hide_hair: bool = True  # the source's hair across its brows or temples lets the target show through
@@ -84,11 +88,12 @@ def identity_levels(st: MeshSettings) -> tuple[MeshSettings, ...]:
 
     Weaker levels take more of the target's light (a narrower tone scale) and keep its brow line, so
     the target's expression reads truer; stronger ones keep more of the source's shading, brows and
-    eyes, so its identity reads truer. The same two settings trade one for the other on every set we
-    measured, and which side a pair needs differs from pair to pair.
+    eyes, and the strongest its nose, so its identity reads truer. The same settings trade one for
+    the other on every set we measured, and which side a pair needs differs from pair to pair.
     """
     tone = st.tone_sigma
     strong = replace(st, brows=max(st.brows, 1.0), eyes=max(st.eyes, 0.3))
+    strongest = replace(strong, tone_sigma=2.27 * tone, eyes=max(st.eyes, 0.5))
     return (
         replace(st, tone_sigma=0.55 * tone, brows=0.0),
         replace(st, tone_sigma=0.73 * tone, brows=0.5 * st.brows),
@@ -96,11 +101,15 @@ def identity_levels(st: MeshSettings) -> tuple[MeshSettings, ...]:
         replace(st, tone_sigma=1.36 * tone),
         replace(strong, tone_sigma=1.36 * tone),
         replace(strong, tone_sigma=1.82 * tone),
-        replace(strong, tone_sigma=2.27 * tone, eyes=max(st.eyes, 0.5)),
+        strongest,
+        replace(strongest, nose=max(st.nose, 0.6)),
+        replace(strongest, nose=max(st.nose, 1.0)),
     )
 
 
 BASE_LEVEL = 2
+# Difference in yaw (degrees) at which the source's nose layout is no longer carried at all.
+NOSE_TURN_LIMIT = 40.0
 
 
 def mesh_points(points_68: np.ndarray, forehead: float) -> np.ndarray:
@@ -218,7 +227,7 @@ class MeshSwapper:
     def swap(self, frame: np.ndarray, target: Face, source: SourceFace) -> np.ndarray:
         st = self.settings
         iod = max(target.eye_distance, 1.0)
-        tgt_pts = mesh_points(_reshaped(target.landmarks_68, source.face.landmarks_68, st), st.forehead)
+        tgt_pts = mesh_points(_reshaped(target, source.face, st), st.forehead)
         # The region's top follows whichever brows sit higher, the target's own or the moved ones,
         # so no part of the target's brows is left under the soft edge to show as a second pair.
         own_top = mesh_points(target.landmarks_68, st.forehead)[68:]
@@ -341,19 +350,25 @@ def mouth_open(points_68: np.ndarray) -> bool:
     return bool(gap > 0.1 * np.linalg.norm(points_68[64] - points_68[60]))
 
 
-def _reshaped(target: np.ndarray, source: np.ndarray, st: MeshSettings) -> np.ndarray:
-    """Move the target's brows (and optionally eyes) part of the way to where the source has them.
+def _reshaped(target: Face, source: Face, st: MeshSettings) -> np.ndarray:
+    """The target's landmarks with its brows, eyes and nose each moved its settings' share of the way
+    to where the source has them.
 
     The jaw line stays the target's (it is the edge of the blend), and so does the mouth, whose lips
-    must still frame the target's own teeth.
+    must still frame the target's own teeth. The nose moves less the more the two heads' turns
+    differ: a similarity cannot turn a frontal nose's layout into a three-quarter view's, and on a
+    turned head it moved towards the wrong cheek.
     """
     amount = np.zeros((68, 1), np.float32)
     amount[BROWS] = st.brows
     amount[LEFT_EYE] = amount[RIGHT_EYE] = st.eyes
+    if st.nose > 0:
+        turn = abs(target.pose.yaw - source.pose.yaw)
+        amount[NOSE] = st.nose * max(0.0, 1.0 - turn / NOSE_TURN_LIMIT)
     if not amount.any():
-        return target
-    src = transform_points(source, similarity(source, target))
-    return target + amount * (src - target)
+        return target.landmarks_68
+    src = transform_points(source.landmarks_68, similarity(source.landmarks_68, target.landmarks_68))
+    return target.landmarks_68 + amount * (src - target.landmarks_68)
 
 
 def _matched_scale(source: SourceFace, tgt_iod: float) -> tuple[np.ndarray, np.ndarray]:
