@@ -357,7 +357,7 @@ def _reshaped(target: Face, source: Face, st: MeshSettings) -> np.ndarray:
     The jaw line stays the target's (it is the edge of the blend), and so does the mouth, whose lips
     must still frame the target's own teeth. The nose moves less the more the two heads' turns
     differ: a similarity cannot turn a frontal nose's layout into a three-quarter view's, and on a
-    turned head it moved towards the wrong cheek.
+    head turned 45 degrees it drew a second, frontal ridge.
     """
     amount = np.zeros((68, 1), np.float32)
     amount[BROWS] = st.brows
