@@ -117,6 +117,23 @@ def test_a_frontal_noses_layout_is_not_forced_onto_a_turned_head(pipe, images):
     assert np.array_equal(kept, carried)
 
 
+def test_the_nose_is_not_taken_where_it_costs_the_targets_shape(pipe, images):
+    # Kit Harington onto Alex Lacamoire reads nearer Kit only at the strongest levels. Carrying the
+    # nose would widen the margin further but moves the landmarks more than it is worth.
+    _, out, check, tface, sface = _base_and_checked(
+        pipe, images, "images/kit_harington1.jpg", "images/alex_lacamoire2.jpg"
+    )
+    assert check.strength + BASE_LEVEL < pipe.guard.first_nose
+    prepared = pipe.swapper.prepare(images("images/kit_harington1.jpg"), sface)
+    nosed = pipe.guard.swappers[pipe.guard.first_nose].swap(
+        images("images/alex_lacamoire2.jpg"), tface, prepared
+    )
+    chosen_margin, chosen_nme = _read(pipe, out, tface, sface)
+    nose_margin, nose_nme = _read(pipe, nosed, tface, sface)
+    assert nose_margin > chosen_margin + 0.02, "the nose level must have had the margin to be chosen"
+    assert nose_nme > chosen_nme
+
+
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("guard_cli")

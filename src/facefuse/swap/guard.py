@@ -34,6 +34,11 @@ from facefuse.swap.mesh import BASE_LEVEL, MeshSwapper, identity_levels
 MARGIN = 0.05
 # Margin given up per eye distance of landmark drift, when no level reaches MARGIN.
 DRIFT_WEIGHT = 10.0
+# A level that moves the nose is kept only where its landmarks drift at most this much (eye
+# distances) further than the strongest level that leaves the nose alone: the nose reads as the
+# source's on faces whose shape takes it almost free, and on the rest it cost every set landmark error
+# (a face already nearer the source took it for margin alone).
+NOSE_DRIFT = 0.002
 _DLIB_SAME_PERSON = 0.6
 
 
@@ -60,7 +65,12 @@ class IdentityGuard:
 
     def __init__(self, swapper: MeshSwapper, analyser: FaceAnalyser) -> None:
         self.analyser = analyser
-        self.swappers = [swapper.with_settings(st) for st in identity_levels(swapper.settings)]
+        levels = identity_levels(swapper.settings)
+        self.swappers = [swapper.with_settings(st) for st in levels]
+        # The first level that moves the nose further than the settings as given.
+        self.first_nose = next(
+            (k for k, st in enumerate(levels) if st.nose > swapper.settings.nose), len(levels)
+        )
 
     def swap(
         self, frame: np.ndarray, face: Face, source: SourceFace, source_descriptor: np.ndarray
@@ -83,7 +93,12 @@ class IdentityGuard:
             margin = float(np.linalg.norm(desc - target) - np.linalg.norm(desc - source_descriptor)) / scale
             drift = float(np.linalg.norm(points - own, axis=1).mean()) / iod
             tried[level] = (out, margin, drift)
-            return margin >= MARGIN
+            return margin >= MARGIN and cheap(level)
+
+        def cheap(level: int) -> bool:
+            if level < self.first_nose:
+                return True
+            return tried[level][2] <= tried[self.first_nose - 1][2] + NOSE_DRIFT
 
         # A track keeps its first frame's choice through turns and expressions that frame never
         # showed, so it is never made weaker than the settings as given, only stronger.
@@ -99,7 +114,8 @@ class IdentityGuard:
                 # Nothing reads as the source: weaker levels may still lose less than they drift.
                 for weaker in range(weakest, BASE_LEVEL):
                     passes(weaker)
-                level = max(tried, key=lambda k: tried[k][1] - DRIFT_WEIGHT * tried[k][2])
+                kept = [k for k in tried if cheap(k)]
+                level = max(kept, key=lambda k: tried[k][1] - DRIFT_WEIGHT * tried[k][2])
         if memory is not None:
             memory["identity_level"] = level
         out, margin, drift = tried[level]
