@@ -26,7 +26,7 @@ from facefuse.analysis.face import Face
 from facefuse.analysis.landmarks import detector_box
 from facefuse.geometry import five_from_68
 from facefuse.swap.base import SourceFace
-from facefuse.swap.mesh import BASE_LEVEL, MeshSwapper, identity_levels
+from facefuse.swap.mesh import BASE_LEVEL, MeshSwapper, identity_levels, nose_share
 
 # Distance to the target minus distance to the source, on the dlib descriptor's scale (scaled to the
 # recogniser in use by its same-person distance). Above zero the output already reads as the source;
@@ -108,7 +108,10 @@ class IdentityGuard:
             while level > weakest and passes(level - 1):
                 level -= 1
         else:
-            stronger = range(BASE_LEVEL + 1, len(self.swappers))
+            # Heads turned too differently for any of the nose to carry: those levels would only
+            # swap the strongest one's face again.
+            top = len(self.swappers) if nose_share(face, source.face) > 0 else self.first_nose
+            stronger = range(BASE_LEVEL + 1, top)
             level = next((k for k in stronger if passes(k)), -1)
             if level < 0:
                 # Nothing reads as the source: weaker levels may still lose less than they drift.

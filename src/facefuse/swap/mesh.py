@@ -363,12 +363,17 @@ def _reshaped(target: Face, source: Face, st: MeshSettings) -> np.ndarray:
     amount[BROWS] = st.brows
     amount[LEFT_EYE] = amount[RIGHT_EYE] = st.eyes
     if st.nose > 0:
-        turn = abs(target.pose.yaw - source.pose.yaw)
-        amount[NOSE] = st.nose * max(0.0, 1.0 - turn / NOSE_TURN_LIMIT)
+        amount[NOSE] = st.nose * nose_share(target, source)
     if not amount.any():
         return target.landmarks_68
     src = transform_points(source.landmarks_68, similarity(source.landmarks_68, target.landmarks_68))
     return target.landmarks_68 + amount * (src - target.landmarks_68)
+
+
+def nose_share(target: Face, source: Face) -> float:
+    """How much of the source's nose layout two heads' poses let through: all of it when they turn
+    alike, none once their yaws differ by NOSE_TURN_LIMIT degrees."""
+    return max(0.0, 1.0 - abs(target.pose.yaw - source.pose.yaw) / NOSE_TURN_LIMIT)
 
 
 def _matched_scale(source: SourceFace, tgt_iod: float) -> tuple[np.ndarray, np.ndarray]:
