@@ -304,6 +304,34 @@ def test_toning_down_red_detail_leaves_both_grey_images_alone():
     np.testing.assert_allclose(out.mean(axis=2), source.mean(axis=2), atol=0.01)
 
 
+def _mid_band(img: np.ndarray, inside: np.ndarray, eye_distance: float) -> float:
+    """RMS of the grey image between the fine-detail and tone scales (wrinkles, folds) inside."""
+    g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    band = cv2.GaussianBlur(g, (0, 0), eye_distance / 60) - cv2.GaussianBlur(g, (0, 0), 0.11 * eye_distance)
+    return float(np.sqrt((band[inside] ** 2).mean()))
+
+
+def test_a_lined_face_on_a_smooth_target_is_brought_part_way_to_its_contrast(pipe, images):
+    """Biden's folds on Rose Leslie at half her mid-scale contrast: the core of the face (not only
+    its edge) comes part of the way down to the target's (7% of its mid band at the default share,
+    13% at all of it), so the source's lines read less as an edge the target never had, and no
+    further than `core_contrast` asks, so its features stay."""
+    source, target = images("images/biden.jpg"), images("images/rose_leslie1.jpg")
+    tface = pipe.analyser.analyse(target, largest_only=True)[0]
+    iod = tface.eye_distance
+    g = target.astype(np.float32)
+    mid = cv2.GaussianBlur(g, (0, 0), iod / 60) - cv2.GaussianBlur(g, (0, 0), 0.11 * iod)
+    smooth = np.clip(g - 0.5 * mid, 0, 255).astype(np.uint8)
+    core = cv2.erode(_inner_face(target.shape, tface).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+    bands = {}
+    for share in (0.0, 0.5, 1.0):
+        swapper = MeshSwapper(MeshSettings(core_contrast=share))
+        out, _ = _swap_onto(pipe, source, smooth, target, swapper)
+        bands[share] = _mid_band(out, core, iod)
+    assert bands[0.5] < 0.95 * bands[0.0]
+    assert bands[1.0] < 0.95 * bands[0.5]
+
+
 def _rim_contrast(out: np.ndarray, tgt: np.ndarray, tface) -> float:
     """Edge strength on the rim of the region the swap changed, output over target (above 1: the
     face's edge shows), measured as the quality judge does."""
