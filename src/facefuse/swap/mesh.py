@@ -321,8 +321,8 @@ class MeshSwapper:
         if st.edge_contrast:
             # Measured from every edge the face has, the mouth hole's and the hidden hair's as well:
             # the judge's rim runs there too.
-            rim = 1.0 - ramp_in(depth(weight > 0), 2.0 * st.feather * iod)
-            rim = rim + st.core_contrast * (1.0 - rim)
+            # Fully at every edge; `core_contrast` of it past the core's ramp.
+            rim = 1.0 - (1.0 - st.core_contrast) * ramp_in(depth(weight > 0), 2.0 * st.feather * iod)
             toned = _match_edge_contrast(toned, target_crop, weight, (iod / 60.0, st.tone_sigma * iod), rim)
         if st.colourfulness:
             toned = _match_colourfulness(toned, target_crop, weight, st.tone_sigma * iod, ramp)
